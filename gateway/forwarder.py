@@ -1,0 +1,156 @@
+"""The attempt loop: rank the candidates with the model's policy, open the engine stream on the first
+that produces a first event, and fail over on retryable errors (connect, 5xx, overload, deadline to
+the first token) without the client seeing anything. Non-stream requests may also restart on another
+backend after a mid-stream failure, since nothing has reached the client yet."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+
+from gateway.errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamStreamError
+from gateway.metrics import GatewayMetrics
+from gateway.registry import Backend, Registry
+from gateway.types import Delta, GenerateRequest, StreamEvent, Usage
+from policies.base import RoutingContext, RoutingPolicy
+from policies.prefix_hash import canonical_chat
+
+log = logging.getLogger("gateway.forwarder")
+
+
+class Attempt:
+    """An engine stream that produced its first event: the request is committed to ``backend``."""
+
+    __slots__ = ("_closed", "_events", "backend", "first", "started")
+
+    def __init__(self, backend: Backend, first: StreamEvent, events: AsyncIterator[StreamEvent],
+                 started: float) -> None:
+        self.backend = backend
+        self.first = first
+        self._events = events
+        self._closed = False
+        self.started = started
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        yield self.first
+        async for event in self._events:
+            yield event
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.backend.in_flight -= 1
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class Completion:
+    """A whole (non-stream) result aggregated from the engine's events."""
+
+    __slots__ = ("backend", "finish_reason", "text", "usage")
+
+    def __init__(self, backend: str, text: str, finish_reason: str | None, usage: Usage | None) -> None:
+        self.backend = backend
+        self.text = text
+        self.finish_reason = finish_reason
+        self.usage = usage
+
+
+def routing_context(request: GenerateRequest, routing_key: str | None) -> RoutingContext:
+    prompt = canonical_chat(request.messages) if request.messages is not None else request.prompt
+    return RoutingContext(model=request.model, prompt=prompt, routing_key=routing_key or request.user)
+
+
+class Forwarder:
+    def __init__(self, registry: Registry, policies: Mapping[str, RoutingPolicy],
+                 policy_names: Mapping[str, str], metrics: GatewayMetrics,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self._registry = registry
+        self._policies = policies
+        self._policy_names = policy_names
+        self._metrics = metrics
+        self._clock = clock
+
+    def _rank(self, request: GenerateRequest, context: RoutingContext,
+              exclude: set[str]) -> tuple[list[Backend], RoutingPolicy]:
+        candidates = [c for c in self._registry.candidates(request.model) if c.name not in exclude]
+        policy = self._policies[request.model]
+        ranking = policy.rank(candidates, context)
+        self._metrics.decisions.labels(request.model, self._policy_names[request.model],
+                                       ranking.branch).inc()
+        self._metrics.predicted_hit_blocks.labels(request.model).observe(ranking.predicted_hit_blocks)
+        return [self._registry[c.name] for c in ranking.order], policy
+
+    async def open(self, request: GenerateRequest, *, routing_key: str | None = None,
+                   exclude: set[str] | None = None) -> Attempt:
+        """Walk the policy's order until one backend yields a first event."""
+        context = routing_context(request, routing_key)
+        tried = set(exclude or ())
+        order, policy = self._rank(request, context, tried)
+        last_error: GatewayError | None = None
+        for backend in order:
+            started = self._clock()
+            backend.in_flight += 1
+            events = backend.adapter.stream(request).__aiter__()
+            try:
+                first = await events.__anext__()
+            except (GatewayError, StopAsyncIteration) as exc:
+                backend.in_flight -= 1
+                await _aclose(events)
+                error = exc if isinstance(exc, GatewayError) else UpstreamError("engine sent no events")
+                self._metrics.upstream_errors.labels(backend.name, error.code).inc()
+                if not error.retryable:
+                    raise error from None
+                backend.record_failure()
+                self._metrics.failovers.labels(request.model, error.code).inc()
+                log.info("attempt on %s failed (%s); failing over", backend.name, error.code)
+                last_error = error
+                tried.add(backend.name)
+                continue
+            except BaseException:
+                backend.in_flight -= 1
+                await _aclose(events)
+                raise
+            backend.record_success()
+            policy.record(backend.name, context)
+            self._metrics.ttft.labels(request.model, backend.name).observe(self._clock() - started)
+            return Attempt(backend, first, events, started)
+        if last_error is not None:
+            raise last_error
+        raise ServiceUnavailableError(f"no backend available for model `{request.model}`")
+
+    async def complete(self, request: GenerateRequest, *, routing_key: str | None = None) -> Completion:
+        """Run a non-stream request; a failure mid-generation restarts it on the next backend."""
+        tried: set[str] = set()
+        while True:
+            attempt = await self.open(request, routing_key=routing_key, exclude=tried)
+            parts: list[str] = []
+            finish_reason: str | None = None
+            usage: Usage | None = None
+            try:
+                async for event in attempt.events():
+                    if isinstance(event, Delta):
+                        parts.append(event.text)
+                        finish_reason = event.finish_reason or finish_reason
+                    else:
+                        usage = event
+            except UpstreamStreamError as exc:
+                attempt.backend.record_failure()
+                tried.add(attempt.backend.name)
+                self._metrics.failovers.labels(request.model, exc.code).inc()
+                self._metrics.upstream_errors.labels(attempt.backend.name, exc.code).inc()
+                if len(tried) >= len(self._registry.serving(request.model)):
+                    raise UpstreamError(f"every backend failed mid-generation: {exc.message}") from None
+                continue
+            finally:
+                await attempt.close()
+            return Completion(attempt.backend.name, "".join(parts), finish_reason, usage)
+
+
+async def _aclose(events: AsyncIterator[StreamEvent]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -1,0 +1,88 @@
+"""Prometheus metrics of the gateway, on an injected registry (so tests can build many apps).
+
+Request, upstream, policy and failover families are updated on the hot path; backend families
+(health, breaker, in-flight and the engine's own normalized numbers) are read from the registry of
+backends at scrape time. Labels are bounded: model, backend, dialect, outcome, branch, reason; never
+a user id, key or URL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.registry import Registry
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "gateway_requests", "Requests by outcome", ["model", "backend", "dialect", "outcome"],
+            registry=registry)
+        self.duration = Histogram(
+            "gateway_request_duration_seconds", "Request duration at the gateway", ["model", "dialect"],
+            buckets=_LATENCY_BUCKETS, registry=registry)
+        self.ttft = Histogram(
+            "gateway_request_ttft_seconds", "Time to the first engine event", ["model", "backend"],
+            buckets=_LATENCY_BUCKETS, registry=registry)
+        self.itl = Histogram(
+            "gateway_request_inter_token_seconds", "Gaps between relayed chunks", ["model"],
+            buckets=_LATENCY_BUCKETS, registry=registry)
+        self.tokens = Counter(
+            "gateway_request_tokens", "Tokens by direction as engines reported",
+            ["model", "backend", "direction"], registry=registry)
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors", "Failed upstream attempts", ["backend", "code"], registry=registry)
+        self.failovers = Counter(
+            "gateway_failover", "Attempts moved to another backend", ["model", "reason"], registry=registry)
+        self.decisions = Counter(
+            "gateway_policy_decisions", "Routing decisions by branch", ["model", "policy", "branch"],
+            registry=registry)
+        self.predicted_hit_blocks = Histogram(
+            "gateway_policy_predicted_hit_blocks", "Prefix blocks predicted cached on the chosen backend",
+            ["model"], buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256), registry=registry)
+
+
+class BackendCollector(Collector):
+    """Backend gauges read from the live registry of backends at scrape time."""
+
+    def __init__(self, backends: Registry) -> None:
+        self._backends = backends
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauges = {
+            "healthy": GaugeMetricFamily("gateway_backend_healthy", "1 when the breaker is closed",
+                                         labels=["backend"]),
+            "in_flight": GaugeMetricFamily("gateway_backend_in_flight", "Gateway requests in flight",
+                                           labels=["backend"]),
+            "running": GaugeMetricFamily("gateway_backend_running", "Engine-reported running requests",
+                                         labels=["backend"]),
+            "waiting": GaugeMetricFamily("gateway_backend_waiting", "Engine-reported waiting requests",
+                                         labels=["backend"]),
+            "kv": GaugeMetricFamily("gateway_backend_kv_cache_usage", "Engine KV cache usage (0..1)",
+                                    labels=["backend"]),
+            "hit": GaugeMetricFamily("gateway_backend_prefix_cache_hit_ratio",
+                                     "Engine prefix cache hits / queries (tokens, cumulative)",
+                                     labels=["backend"]),
+            "preempt": GaugeMetricFamily("gateway_backend_preemptions",
+                                         "Engine preemptions (cumulative)", labels=["backend"]),
+        }
+        for backend in self._backends:
+            name = [backend.name]
+            gauges["healthy"].add_metric(name, 0.0 if backend.breaker_open else 1.0)
+            gauges["in_flight"].add_metric(name, float(backend.in_flight))
+            load = backend.load
+            gauges["running"].add_metric(name, load.running)
+            gauges["waiting"].add_metric(name, load.waiting)
+            if load.kv_cache_usage is not None:
+                gauges["kv"].add_metric(name, load.kv_cache_usage)
+            if load.prefix_cache_queries:
+                gauges["hit"].add_metric(name, (load.prefix_cache_hits or 0.0) / load.prefix_cache_queries)
+            if load.preemptions is not None:
+                gauges["preempt"].add_metric(name, load.preemptions)
+        yield from gauges.values()

@@ -1,0 +1,130 @@
+"""Streaming relays: turn a committed engine stream into the client's SSE bytes for each dialect.
+
+Every relay closes the upstream attempt in ``finally`` (client disconnect cancels the generator, which
+closes the engine connection and returns the in-flight count), reports the outcome to a callback, and
+turns an engine failure after the first byte into the dialect's error event."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+
+from gateway.errors import GatewayError
+from gateway.forwarder import Attempt
+from gateway.metrics import GatewayMetrics
+from gateway.render_openai import DONE, OpenAIRenderer
+from gateway.render_text import (
+    native_delta,
+    native_error,
+    native_final,
+    tgi_error_event,
+    tgi_finish_reason,
+    tgi_stream_token,
+)
+from gateway.types import Delta, GenerateRequest, Usage
+
+# Called once when a stream ends: (backend, usage or None, outcome).
+OnDone = Callable[[str, Usage | None, str], None]
+
+
+class _ChunkClock:
+    """Observes the gap between relayed chunks (inter-token latency at the gateway)."""
+
+    __slots__ = ("_last", "_observe")
+
+    def __init__(self, metrics: GatewayMetrics, model: str) -> None:
+        self._observe = metrics.itl.labels(model).observe
+        self._last = 0.0
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        if self._last:
+            self._observe(now - self._last)
+        self._last = now
+
+
+async def relay_openai(attempt: Attempt, request: GenerateRequest, renderer: OpenAIRenderer,
+                       metrics: GatewayMetrics, on_done: OnDone) -> AsyncIterator[bytes]:
+    usage: Usage | None = None
+    outcome = "cancelled"
+    clock = _ChunkClock(metrics, request.model)
+    try:
+        async for event in attempt.events():
+            if isinstance(event, Delta):
+                clock.tick()
+                yield renderer.chunk(event)
+            else:
+                usage = event
+                if request.include_usage:
+                    yield renderer.usage_chunk(event)
+        outcome = "ok"
+        yield DONE
+    except GatewayError as exc:
+        outcome = "stream_error"
+        yield renderer.error_event(exc)
+        yield DONE
+    finally:
+        await attempt.close()
+        on_done(attempt.backend.name, usage, outcome)
+
+
+async def relay_native(attempt: Attempt, request: GenerateRequest, on_done: OnDone) -> AsyncIterator[bytes]:
+    """Native SSE: one event per text delta; the last carries ``finish_reason`` and ``tokens``."""
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    outcome = "cancelled"
+    try:
+        async for event in attempt.events():
+            if isinstance(event, Usage):
+                usage = event
+                continue
+            finish_reason = event.finish_reason or finish_reason
+            if event.text:
+                yield native_delta(event.text)
+        outcome = "ok"
+        yield native_final("", usage.completion_tokens if usage else 0, finish_reason)
+    except GatewayError as exc:
+        outcome = "stream_error"
+        yield native_error(exc)
+    finally:
+        await attempt.close()
+        on_done(attempt.backend.name, usage, outcome)
+
+
+async def relay_tgi(attempt: Attempt, request: GenerateRequest, on_done: OnDone) -> AsyncIterator[bytes]:
+    """TGI ``/generate_stream``: one token event per delta, relayed at once; the delta that carries
+    the finish reason is held until usage arrives (right behind it) so that the last event carries
+    ``generated_text`` and ``details`` as TGI's does."""
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    last_text = ""
+    index = 0
+    parts: list[str] = []
+    outcome = "cancelled"
+    try:
+        async for event in attempt.events():
+            if isinstance(event, Usage):
+                usage = event
+                continue
+            parts.append(event.text)
+            if event.finish_reason is not None:
+                finish_reason = event.finish_reason
+                last_text = event.text
+            elif event.text:
+                index += 1
+                yield tgi_stream_token(index, event.text)
+        outcome = "ok"
+        details = {
+            "finish_reason": tgi_finish_reason(finish_reason, request.stop, ""),
+            "generated_tokens": usage.completion_tokens if usage else index,
+            "input_length": usage.prompt_tokens if usage else 0,
+            "seed": request.seed,
+        }
+        yield tgi_stream_token(index + 1, last_text, generated_text="".join(parts), details=details,
+                               special=not last_text)
+    except GatewayError as exc:
+        outcome = "stream_error"
+        yield tgi_error_event(exc)
+    finally:
+        await attempt.close()
+        on_done(attempt.backend.name, usage, outcome)
