@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
@@ -42,6 +45,22 @@ def launch_sims(settings: GatewaySettings, log_dir: Path | None = None) -> tuple
     return urls, launchers
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises a captured SIGTERM/SIGINT after shutdown, which would kill the process before
+    the engines it launched are stopped; here a signal only asks the server to exit."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
 async def serve(settings: GatewaySettings, host: str, port: int) -> None:
     urls, launchers = launch_sims(settings)
     try:
@@ -54,7 +73,7 @@ async def serve(settings: GatewaySettings, host: str, port: int) -> None:
         config = uvicorn.Config(app, host=host, port=port, http="httptools", loop="none",
                                 log_level=settings.server.log_level, access_log=False,
                                 timeout_graceful_shutdown=10)
-        await uvicorn.Server(config).serve()
+        await _Server(config).serve()
     finally:
         for launcher in launchers:
             launcher.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -24,17 +25,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the launching process dies, however it dies, so an
+    engine never outlives the gateway that started it (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class ProcessLauncher:
     """One engine subprocess. ``command`` gets ``--port`` appended by ``sim_command``'s callers."""
 
     def __init__(self, name: str, command: Sequence[str], port: int, *, host: str = "127.0.0.1",
-                 log_path: Path | None = None, env: dict[str, str] | None = None) -> None:
+                 log_path: Path | None = None, env: dict[str, str] | None = None,
+                 die_with_parent: bool = True) -> None:
         self.name = name
         self.command = list(command)
         self.host = host
         self.port = port
         self.log_path = log_path
         self.env = env
+        self.die_with_parent = die_with_parent
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -44,8 +57,9 @@ class ProcessLauncher:
     def start(self) -> None:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         env = {**os.environ, **(self.env or {})}
-        self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=_die_with_parent if self.die_with_parent else None)  # noqa: PLW1509
 
     async def wait_healthy(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s

@@ -38,5 +38,17 @@ def gateways(sims: dict[str, ProcessLauncher], log_dir: Path) -> Iterator[dict[s
 
 
 @pytest.fixture(params=["vllm", "tgi"])
-def gateway_url(request: pytest.FixtureRequest, gateways: dict[str, str]) -> str:
-    return gateways[request.param]
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def gateway_url(backend_kind: str, gateways: dict[str, str]) -> str:
+    return gateways[backend_kind]
+
+
+@pytest.fixture
+def honours_ignore_eos(backend_kind: str) -> bool:
+    """``ignore_eos`` is a vLLM extension: over TGI a generation may stop before ``max_tokens``."""
+    return backend_kind == "vllm"
