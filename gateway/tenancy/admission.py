@@ -1,0 +1,286 @@
+"""The tenancy component the app calls: authenticate a request, authorize its model, admit it against
+every applicable limit (one store call) and hand back a Lease that is settled exactly once with the
+real usage. Built once by the composition root from TenancyConfig; owns its Redis client, its
+stores and a background heartbeat that keeps live concurrency leases from expiring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import secrets
+import time
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from gateway.errors import AuthenticationError, PermissionDeniedError, RateLimitError, ServiceUnavailableError
+from gateway.tenancy.config import TenancyConfig, TenantConfig
+from gateway.tenancy.headers import rate_limit_headers, retry_headers
+from gateway.tenancy.keyrepo import KeyRepository, MemoryKeyRepository, RedisKeyRepository
+from gateway.tenancy.keys import presented_key, verify_any
+from gateway.tenancy.keystore import KeyStore
+from gateway.tenancy.lease import Lease
+from gateway.tenancy.limiter import Limiter, StoreHealth
+from gateway.tenancy.memory_store import MemoryLimitStore
+from gateway.tenancy.metrics import TenancyMetrics
+from gateway.tenancy.planner import ledger_key, plan_limits
+from gateway.tenancy.redis_store import RedisLimitStore, connect
+from gateway.tenancy.refusal import refusal_message
+from gateway.tenancy.store import STORE_ERRORS, AdmitPlan, AdmitResult, Ledger, LimitStore
+from policies.ratelimit import Demand, LimitKind
+
+MAX_TOKENS = 10**9  # client numbers beyond this are absurd; bounded so store arithmetic stays exact
+LAST_USED_FLUSH_S = 5.0
+
+
+def estimate_tokens(text: str) -> int:
+    """Prompt tokens before tokenization: about four characters per token, rounded up."""
+    return math.ceil(len(text) / 4)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    tenant: str
+    key_id: str | None = None  # None: anonymous (auth disabled)
+
+
+class Admission:
+    def __init__(self, config: TenancyConfig, *, registry: CollectorRegistry, redis: Redis | None = None,
+                 logger: logging.Logger | None = None) -> None:
+        self._config = config
+        self._tenants = {t.name: t for t in config.tenants}
+        self._key_limits = {k.id: k.limits for k in config.keys}
+        self.metrics = TenancyMetrics(registry)
+        self._logger = logger or logging.getLogger("gateway.tenancy")
+        self._owns_redis = redis is None and config.store == "redis"
+        self._redis = redis if redis is not None or config.store != "redis" else connect(
+            config.redis_url, config.redis_timeout_s)
+        fail_open = config.on_store_failure == "fail_open"
+        self._health: StoreHealth | None = None
+        repository: KeyRepository = MemoryKeyRepository()
+        primary: LimitStore = MemoryLimitStore()
+        fallback: LimitStore | None = None
+        if self._redis is not None:
+            self._health = StoreHealth(self.metrics, self._logger, retry_s=config.store_retry_s,
+                                       mode=config.on_store_failure, on_down=self._drop_idle_connections)
+            repository = RedisKeyRepository(self._redis, config.redis_prefix)
+            primary, fallback = RedisLimitStore(self._redis), (primary if fail_open else None)
+        self._limiter = Limiter(primary, fallback, self._health, self.metrics, mode=config.on_store_failure)
+        self.keys = KeyStore(config.keys, repository, cache_ttl_s=config.key_cache_ttl_s,
+                             use_stale_on_error=fail_open, on_store_error=self._key_store_failed)
+        # Leases the heartbeat keeps alive, with when they were admitted (monotonic).
+        self._live: dict[str, tuple[LimitStore, AdmitPlan, float]] = {}
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._background: asyncio.Task[None] | None = None
+        self._anonymous = Principal(tenant=config.default_tenant)
+        self.metrics.auth_enabled.set(1 if config.auth_enabled else 0)
+        if not config.auth_enabled:
+            self._logger.warning("AUTHENTICATION IS DISABLED: every request runs as tenant %r without an "
+                                 "API key. Set tenancy.auth_enabled: true before exposing this gateway.",
+                                 config.default_tenant)
+
+    @property
+    def config(self) -> TenancyConfig:
+        return self._config
+
+    def tenant(self, name: str) -> TenantConfig | None:
+        return self._tenants.get(name)
+
+    def _tenant_of(self, principal: Principal) -> TenantConfig:
+        tenant = self._tenants.get(principal.tenant)
+        if tenant is None:  # removed by a config reload after this request authenticated
+            raise AuthenticationError(f"Tenant {principal.tenant!r} no longer exists.", code="unknown_tenant")
+        return tenant
+
+    def reload(self, config: TenancyConfig) -> None:
+        """Swap tenants, limits, keys and auth settings live. Store settings need a restart."""
+        fixed = ("store", "redis_url", "redis_prefix", "redis_timeout_s", "on_store_failure", "store_retry_s")
+        changed = [name for name in fixed if getattr(config, name) != getattr(self._config, name)]
+        if changed:
+            raise ValueError(f"tenancy settings {', '.join(changed)} cannot change without a restart")
+        self._config = config
+        self._tenants = {t.name: t for t in config.tenants}
+        self._key_limits = {k.id: k.limits for k in config.keys}
+        self._anonymous = Principal(tenant=config.default_tenant)
+        self.keys.replace_config_keys(config.keys)
+        self.metrics.auth_enabled.set(1 if config.auth_enabled else 0)
+
+    def _drop_idle_connections(self) -> None:
+        """Pooled connections to a Redis that failed are stale: reconnect after the outage."""
+        if self._redis is not None:
+            self._track(self._redis.connection_pool.disconnect(inuse_connections=False))
+
+    def _key_store_failed(self, error: BaseException) -> None:
+        if self._health is not None:
+            self._health.failed("keys", error)
+
+    async def authenticate(self, headers: Mapping[str, str]) -> Principal:
+        self._ensure_background()
+        if not self._config.auth_enabled:
+            return self._anonymous
+        key = presented_key(headers)
+        if key is None:
+            self.metrics.auth_failures.labels("missing").inc()
+            raise AuthenticationError("Missing API key: pass 'Authorization: Bearer <key>' or 'x-api-key'.",
+                                      code="missing_api_key")
+        try:
+            record = await self.keys.lookup(key)
+        except AuthenticationError as error:
+            reason = "revoked" if error.code == "revoked_api_key" else "invalid"
+            self.metrics.auth_failures.labels(reason).inc()
+            raise
+        except ServiceUnavailableError:
+            self.metrics.auth_failures.labels("unavailable").inc()
+            raise
+        if record.tenant not in self._tenants:
+            self.metrics.auth_failures.labels("invalid").inc()
+            raise AuthenticationError("This API key belongs to a tenant that no longer exists.",
+                                      code="unknown_tenant")
+        return Principal(tenant=record.tenant, key_id=record.key_id)
+
+    def authorize_model(self, principal: Principal, model: str) -> None:
+        """403 when the tenant may not use ``model`` (the app answers 404 first for unserved models)."""
+        if not self._tenant_of(principal).allows(model):
+            self.metrics.auth_failures.labels("model_not_allowed").inc()
+            raise PermissionDeniedError(f"Tenant {principal.tenant!r} is not allowed to use model {model!r}.",
+                                        param="model")
+
+    def check_admin(self, headers: Mapping[str, str]) -> None:
+        if not self._config.admin_key_hashes:
+            raise PermissionDeniedError("The admin API is disabled: set tenancy.admin_key_hashes.",
+                                        code="admin_disabled")
+        key = presented_key(headers)
+        if key is None or not verify_any(key, self._config.admin_key_hashes):
+            self.metrics.auth_failures.labels("admin").inc()
+            raise AuthenticationError("Invalid admin key.", code="invalid_admin_key")
+
+    async def admit(self, principal: Principal, model: str, prompt_tokens_estimate: int,
+                    max_tokens: int | None) -> Lease:
+        """Reserve prompt + max_tokens (or the default reservation) on every applicable limit."""
+        self._ensure_background()
+        tenant = self._tenant_of(principal)
+        limits = plan_limits(self._config.redis_prefix, self._config.global_limits, tenant, model,
+                             principal.key_id, self._key_limits.get(principal.key_id or ""))
+        if not limits:
+            return Lease(self, principal.tenant, None, None, 0, 0, {}, max_tokens)
+        prompt = min(max(0, prompt_tokens_estimate), MAX_TOKENS)
+        asked = max_tokens if max_tokens is not None else self._config.default_completion_reservation
+        completion = min(max(0, asked), MAX_TOKENS)
+        demand = Demand(prompt, completion, tenant.clamp_max_tokens,
+                        min(self._config.min_clamped_tokens, completion))
+        plan = AdmitPlan(secrets.token_hex(12), limits, ledger_key(self._config.redis_prefix, tenant.name),
+                         demand, int(self._config.lease_ttl_s * 1e6))
+        started = time.perf_counter()
+        attempt = asyncio.ensure_future(self._limiter.admit(plan))
+        try:
+            result, store = await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            # The client left while the store was deciding: refund whatever it admits.
+            attempt.add_done_callback(functools.partial(self._release_orphan, plan))
+            raise
+        except ServiceUnavailableError:
+            self.metrics.decisions.labels(tenant.name, "unavailable").inc()
+            raise
+        self.metrics.admit_seconds.labels(store.name).observe(time.perf_counter() - started)
+        decision = result.decision
+        headers = rate_limit_headers(result.requests, result.tokens)
+        if not decision.admitted:
+            refused = limits[decision.refused_index]
+            self.metrics.decisions.labels(tenant.name, "limited").inc()
+            self.metrics.limited.labels(tenant.name, refused.name, refused.scope).inc()
+            if decision.retry_after_us is not None:
+                headers.update(retry_headers(decision.retry_after_us))
+            raise RateLimitError(refusal_message(refused, tenant.name, prompt + decision.completion_tokens,
+                                                 decision.retry_after_us), headers=headers)
+        granted = max_tokens
+        token_limited = any(p.limit.kind in (LimitKind.TOKENS, LimitKind.QUOTA) for p in limits)
+        if tenant.clamp_max_tokens and token_limited and (
+                max_tokens is None or decision.completion_tokens < max_tokens):
+            granted = decision.completion_tokens
+        clamped = max_tokens is not None and granted is not None and granted < max_tokens
+        self.metrics.decisions.labels(tenant.name, "clamped" if clamped else "admitted").inc()
+        lease = Lease(self, tenant.name, store, plan, prompt + decision.completion_tokens, result.now_us,
+                      headers, granted)
+        if plan.concurrency_keys:
+            self._live[plan.lease_id] = (store, plan, time.monotonic())
+        self.metrics.active_leases.inc()
+        return lease
+
+    def _release_orphan(self, plan: AdmitPlan,
+                        attempt: asyncio.Future[tuple[AdmitResult, LimitStore]]) -> None:
+        if attempt.cancelled() or attempt.exception() is not None:
+            return
+        result, store = attempt.result()
+        if result.decision.admitted:
+            reserved = plan.demand.prompt_tokens + result.decision.completion_tokens
+            self._track(self._limiter.settle(store, plan, -reserved, result.now_us))
+
+    def _track(self, work: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+        """Run ``work`` to completion even if its caller is cancelled; aclose waits for it."""
+        task = asyncio.ensure_future(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
+
+    async def _settle(self, lease: Lease, actual_tokens: int) -> None:
+        """Called once per lease by Lease.settle; survives the caller's cancellation."""
+        if lease.plan is None or lease.store is None:
+            return
+        self._live.pop(lease.plan.lease_id, None)
+        self.metrics.active_leases.dec()
+        delta = actual_tokens - lease.reserved_tokens
+        self.metrics.settled_tokens.labels(lease.tenant).inc(actual_tokens)
+        self.metrics.refunded_tokens.labels(lease.tenant).inc(max(0, -delta))
+        await asyncio.shield(self._track(self._limiter.settle(lease.store, lease.plan, delta,
+                                                              lease.admitted_us)))
+
+    async def usage(self, tenant: str) -> Ledger:
+        """Net tokens charged to ``tenant`` and its leases not yet settled (what the store recorded)."""
+        return await self._limiter.ledger(ledger_key(self._config.redis_prefix, tenant))
+
+    def _ensure_background(self) -> None:
+        if self._background is None or self._background.done():
+            self._background = asyncio.get_running_loop().create_task(self._heartbeat())
+
+    async def _heartbeat(self) -> None:
+        interval = min(self._config.lease_ttl_s / 3, LAST_USED_FLUSH_S)
+        flushed = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._limiter.refresh(self._leases_to_refresh())
+            except Exception:  # the heartbeat must outlive any one failure
+                self._logger.exception("lease heartbeat failed")
+            if time.monotonic() - flushed >= LAST_USED_FLUSH_S:
+                flushed = time.monotonic()
+                with contextlib.suppress(*STORE_ERRORS):
+                    await self.keys.flush_last_used()
+
+    def _leases_to_refresh(self) -> list[tuple[LimitStore, AdmitPlan]]:
+        """Live leases, minus any held longer than max_request_s: a lease its caller never settled
+        (a bug) stops being refreshed and expires instead of holding a slot forever."""
+        oldest = time.monotonic() - self._config.max_request_s
+        for lease_id in [i for i, (_, _, since) in self._live.items() if since < oldest]:
+            del self._live[lease_id]
+            self._logger.warning("a lease was held over %.0f s without settlement; letting it expire",
+                                 self._config.max_request_s)
+        return [(store, plan) for store, plan, _ in self._live.values()]
+
+    async def aclose(self) -> None:
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+        if self._pending:
+            await asyncio.wait(self._pending, timeout=2.0)
+        with contextlib.suppress(*STORE_ERRORS):
+            await self.keys.flush_last_used()
+        if self._owns_redis and self._redis is not None:
+            await self._redis.aclose()

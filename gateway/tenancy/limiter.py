@@ -1,0 +1,139 @@
+"""Runs admissions on the configured store and applies the failure policy when Redis fails.
+
+fail_open: the in-memory limiter takes over (each replica then enforces the limits alone), every
+such operation is counted, and the incident is logged once when it starts and once when it ends.
+fail_closed: ServiceUnavailableError (503). Either way, after a failure Redis is skipped for
+``retry_s`` and then probed by a single request, so an outage costs no request more than one
+timeout. A lease is settled on the store that admitted it; a settlement Redis cannot take is
+counted and dropped (the reservation stays charged, the concurrency lease expires by itself).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from gateway.errors import ServiceUnavailableError
+from gateway.tenancy.metrics import TenancyMetrics
+from gateway.tenancy.store import STORE_ERRORS, AdmitPlan, AdmitResult, Ledger, LimitStore, SettleResult
+
+FailureMode = Literal["fail_open", "fail_closed"]
+
+
+class StoreHealth:
+    """Tracks Redis incidents: one log line when an outage starts, one when it ends."""
+
+    def __init__(self, metrics: TenancyMetrics, logger: logging.Logger, *, retry_s: float,
+                 mode: FailureMode, clock: Callable[[], float] = time.monotonic,
+                 on_down: Callable[[], None] = lambda: None) -> None:
+        self._metrics = metrics
+        self._logger = logger
+        self._retry_s = retry_s
+        self._mode = mode
+        self._clock = clock
+        self._on_down = on_down
+        self._down_since: float | None = None
+        self._next_probe = 0.0
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def should_try(self) -> bool:
+        """True when Redis should be called now: healthy, or the one probe after the back-off."""
+        if self._down_since is None:
+            return True
+        now = self._clock()
+        if now < self._next_probe:
+            return False
+        self._next_probe = now + self._retry_s
+        return True
+
+    def failed(self, operation: str, error: BaseException) -> None:
+        self._metrics.store_errors.labels(operation).inc()
+        self._next_probe = self._clock() + self._retry_s
+        if self._down_since is None:
+            self._down_since = self._clock()
+            self._metrics.incidents.inc()
+            self._metrics.store_up.set(0)
+            self._on_down()
+            self._logger.warning("rate-limit store (Redis) unavailable during %s: %s: %s; %s until it "
+                                 "answers again", operation, type(error).__name__, error or "no detail",
+                                 "using the in-memory limiter (fail_open)" if self._mode == "fail_open"
+                                 else "refusing requests with 503 (fail_closed)")
+
+    def succeeded(self) -> None:
+        if self._down_since is not None:
+            self._logger.info("rate-limit store (Redis) answers again after %.1f s; shared limits "
+                                 "resume", self._clock() - self._down_since)
+            self._down_since = None
+            self._metrics.store_up.set(1)
+
+
+class Limiter:
+    def __init__(self, primary: LimitStore, fallback: LimitStore | None, health: StoreHealth | None,
+                 metrics: TenancyMetrics, *, mode: FailureMode) -> None:
+        self._primary = primary
+        self._fallback = fallback
+        self._health = health
+        self._metrics = metrics
+        self._mode = mode
+
+    @property
+    def remote(self) -> bool:
+        return self._health is not None
+
+    async def admit(self, plan: AdmitPlan) -> tuple[AdmitResult, LimitStore]:
+        if self._health is None:
+            return await self._primary.admit(plan), self._primary
+        if self._health.should_try():
+            try:
+                result = await self._primary.admit(plan)
+            except STORE_ERRORS as error:
+                self._health.failed("admit", error)
+            else:
+                self._health.succeeded()
+                return result, self._primary
+        if self._mode == "fail_closed" or self._fallback is None:
+            raise ServiceUnavailableError("Rate limits cannot be checked right now (limiter store "
+                                          "unavailable); retry shortly.", code="limiter_unavailable")
+        self._metrics.fallbacks.labels("admit").inc()
+        return await self._fallback.admit(plan), self._fallback
+
+    async def settle(self, store: LimitStore, plan: AdmitPlan, delta: int,
+                     admitted_us: int) -> SettleResult | None:
+        if store is not self._primary or self._health is None:
+            return await store.settle(plan, delta, admitted_us)
+        if self._health.down and not self._health.should_try():
+            self._metrics.settle_failures.inc()
+            return None
+        try:
+            result = await store.settle(plan, delta, admitted_us)
+        except STORE_ERRORS as error:
+            self._health.failed("settle", error)
+            self._metrics.settle_failures.inc()
+            return None
+        self._health.succeeded()
+        return result
+
+    async def refresh(self, leases: Sequence[tuple[LimitStore, AdmitPlan]]) -> None:
+        for store in (self._primary, self._fallback):
+            plans = [plan for owner, plan in leases if owner is store]
+            if store is None or not plans:
+                continue
+            if store is not self._primary or self._health is None:
+                await store.refresh(plans)
+                continue
+            if self._health.down and not self._health.should_try():
+                continue
+            try:
+                await store.refresh(plans)
+            except STORE_ERRORS as error:
+                self._health.failed("refresh", error)
+            else:
+                self._health.succeeded()
+
+    async def ledger(self, ledger_key: str) -> Ledger:
+        return await self._primary.ledger(ledger_key)

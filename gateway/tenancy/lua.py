@@ -1,0 +1,205 @@
+"""The Redis limiter's Lua scripts: a line-for-line mirror of policies/ratelimit.py, run atomically by
+Redis with Redis's own clock (``TIME``), so any number of gateway replicas enforce one limit.
+
+admit:  KEYS = limit keys..., ledger key
+        ARGV = lease_id, lease_ttl_us, prompt, completion, clamp(0/1), min_completion,
+               then kind, capacity, window_us per limit key
+        -> {admitted, now_us, completion, retry_us (-1: never fits), refused_index (-1), seq,
+            req_limit, req_remaining, req_reset_us, tok_limit, tok_remaining, tok_reset_us} (-1: none)
+settle: KEYS = limit keys (tokens, quota, concurrency)..., ledger key
+        ARGV = lease_id, delta_tokens, admitted_us, then kind, capacity, window_us per limit key
+        -> {now_us, seq}
+refresh: KEYS = concurrency keys; ARGV = lease_ttl_us, one lease id per key -> count refreshed
+
+Numbers are written with '%.0f' (Lua's default tostring keeps only 14 digits) and every value stays
+below 2**53, so doubles are exact. Bucket hash: l (scaled level), t (updated_us), w (window_us);
+quota hash: u (used), p (period); concurrency: sorted set of lease ids scored by expiry (us);
+ledger hash: charged (net tokens), open (leases not yet settled), seq (operation counter).
+"""
+
+from __future__ import annotations
+
+_COMMON = """
+local function fdiv(a, b)
+  local q = math.floor(a / b)
+  if q * b > a then q = q - 1 elseif (q + 1) * b <= a then q = q + 1 end
+  return q
+end
+local function cdiv(a, b) return -fdiv(-a, b) end
+local function num(x) return string.format('%.0f', x) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+local function refill(level, updated, c, w)
+  local full = c * w
+  if level >= full then return full end
+  local elapsed = now - updated
+  if elapsed <= 0 then return level end
+  if elapsed >= cdiv(full - level, c) then return full end
+  return level + elapsed * c
+end
+
+local function load_bucket(key, c, w)
+  local v = redis.call('HMGET', key, 'l', 't', 'w')
+  if not v[1] then return nil end
+  local level = tonumber(v[1])
+  local old_w = tonumber(v[3])
+  if old_w ~= w then level = fdiv(level, old_w) * w end
+  return refill(level, tonumber(v[2]), c, w)
+end
+
+local function save_bucket(key, level, c, w)
+  redis.call('HSET', key, 'l', num(level), 't', num(now), 'w', num(w))
+  local reset = cdiv(c * w - level, c)
+  redis.call('PEXPIRE', key, num(cdiv(reset, 1000) + 1000))
+end
+"""
+
+ADMIT = _COMMON + """
+local lease_id = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local prompt = tonumber(ARGV[3])
+local completion = tonumber(ARGV[4])
+local clamp = ARGV[5] == '1'
+local min_completion = tonumber(ARGV[6])
+local n = #KEYS - 1
+local ledger = KEYS[n + 1]
+local kind, cap, win, state = {}, {}, {}, {}
+for i = 1, n do
+  local base = 6 + (i - 1) * 3
+  kind[i] = tonumber(ARGV[base + 1])
+  cap[i] = tonumber(ARGV[base + 2])
+  win[i] = tonumber(ARGV[base + 3])
+  if kind[i] <= 2 then
+    state[i] = load_bucket(KEYS[i], cap[i], win[i]) or cap[i] * win[i]
+  elseif kind[i] == 3 then
+    local v = redis.call('HMGET', KEYS[i], 'u', 'p')
+    if v[1] and tonumber(v[2]) == fdiv(now, win[i]) then state[i] = tonumber(v[1]) else state[i] = 0 end
+  else
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', num(now))
+    state[i] = redis.call('ZCARD', KEYS[i])
+  end
+end
+
+if clamp then
+  local room = nil
+  for i = 1, n do
+    local left = nil
+    if kind[i] == 2 then left = fdiv(state[i], win[i]) - prompt
+    elseif kind[i] == 3 then left = cap[i] - state[i] - prompt end
+    if left ~= nil and (room == nil or left < room) then room = left end
+  end
+  if room ~= nil and room < completion then completion = math.max(room, min_completion) end
+end
+local cost = prompt + completion
+
+local refused, wait, impossible = -1, 0, false
+for i = 1, n do
+  local ok, need
+  if kind[i] == 1 then
+    ok = state[i] >= win[i]
+    if 1 > cap[i] then need = nil else need = math.max(0, cdiv(win[i] - state[i], cap[i])) end
+  elseif kind[i] == 2 then
+    ok = cost <= cap[i] and state[i] >= cost * win[i]
+    if cost > cap[i] then need = nil else need = math.max(0, cdiv(cost * win[i] - state[i], cap[i])) end
+  elseif kind[i] == 3 then
+    ok = state[i] + cost <= cap[i]
+    if cost > cap[i] then need = nil else need = (fdiv(now, win[i]) + 1) * win[i] - now end
+  else
+    ok = state[i] < cap[i]
+    need = 1000000
+  end
+  if not ok then
+    if refused < 0 then refused = i - 1 end
+    if need == nil then impossible = true else wait = math.max(wait, need) end
+  end
+end
+
+local seq = 0
+if refused < 0 then
+  for i = 1, n do
+    if kind[i] == 1 then
+      state[i] = state[i] - win[i]
+      save_bucket(KEYS[i], state[i], cap[i], win[i])
+    elseif kind[i] == 2 then
+      state[i] = state[i] - cost * win[i]
+      save_bucket(KEYS[i], state[i], cap[i], win[i])
+    elseif kind[i] == 3 then
+      state[i] = state[i] + cost
+      redis.call('HSET', KEYS[i], 'u', num(state[i]), 'p', num(fdiv(now, win[i])))
+      local reset = (fdiv(now, win[i]) + 1) * win[i] - now
+      redis.call('PEXPIRE', KEYS[i], num(cdiv(reset, 1000) + 3600000))
+    else
+      redis.call('ZADD', KEYS[i], num(now + ttl), lease_id)
+      redis.call('PEXPIRE', KEYS[i], num(cdiv(2 * ttl, 1000)))
+    end
+  end
+  redis.call('HINCRBY', ledger, 'charged', num(cost))
+  redis.call('HINCRBY', ledger, 'open', 1)
+  seq = redis.call('HINCRBY', ledger, 'seq', 1)
+  wait = 0
+elseif impossible then
+  wait = -1
+end
+
+local function report(k)
+  local best_limit, best_remaining, best_reset = -1, -1, -1
+  for i = 1, n do
+    if kind[i] == k then
+      local remaining = math.max(0, fdiv(state[i], win[i]))
+      local reset = math.max(0, cdiv(cap[i] * win[i] - state[i], cap[i]))
+      if best_limit < 0 or remaining < best_remaining
+          or (remaining == best_remaining and cap[i] < best_limit) then
+        best_limit, best_remaining, best_reset = cap[i], remaining, reset
+      end
+    end
+  end
+  return best_limit, best_remaining, best_reset
+end
+local rl, rr, rt = report(1)
+local tl, tr, tt = report(2)
+return {refused < 0 and 1 or 0, now, completion, wait, refused, seq, rl, rr, rt, tl, tr, tt}
+"""
+
+SETTLE = _COMMON + """
+local lease_id = ARGV[1]
+local delta = tonumber(ARGV[2])
+local admitted = tonumber(ARGV[3])
+local n = #KEYS - 1
+for i = 1, n do
+  local base = 3 + (i - 1) * 3
+  local k = tonumber(ARGV[base + 1])
+  local c = tonumber(ARGV[base + 2])
+  local w = tonumber(ARGV[base + 3])
+  if k == 2 and delta ~= 0 then
+    local level = load_bucket(KEYS[i], c, w)
+    if level ~= nil or delta > 0 then
+      local full = c * w
+      level = math.max(-full, math.min(full, (level or full) - delta * w))
+      save_bucket(KEYS[i], level, c, w)
+    end
+  elseif k == 3 and delta ~= 0 then
+    local v = redis.call('HMGET', KEYS[i], 'u', 'p')
+    if v[1] and tonumber(v[2]) == fdiv(admitted, w) then
+      redis.call('HSET', KEYS[i], 'u', num(math.max(0, tonumber(v[1]) + delta)))
+    end
+  elseif k == 4 then
+    redis.call('ZREM', KEYS[i], lease_id)
+  end
+end
+local ledger = KEYS[n + 1]
+redis.call('HINCRBY', ledger, 'charged', num(delta))
+redis.call('HINCRBY', ledger, 'open', -1)
+local seq = redis.call('HINCRBY', ledger, 'seq', 1)
+return {now, seq}
+"""
+
+REFRESH = _COMMON + """
+local ttl = tonumber(ARGV[1])
+local refreshed = 0
+for i = 1, #KEYS do
+  refreshed = refreshed + redis.call('ZADD', KEYS[i], 'XX', 'CH', num(now + ttl), ARGV[i + 1])
+  redis.call('PEXPIRE', KEYS[i], num(cdiv(2 * ttl, 1000)))
+end
+return refreshed
+"""

@@ -1,0 +1,86 @@
+"""The Redis limiter: one EVALSHA per admission and one per settlement, so N gateway replicas share
+exactly one limit. The scripts (gateway/tenancy/lua.py) use Redis ``TIME``. Also builds the Redis
+client with tight timeouts and no retries, so a failing Redis costs a bounded wait, never a hang
+(the caller decides fail_open or fail_closed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from gateway.tenancy import lua
+from gateway.tenancy.store import AdmitPlan, AdmitResult, Ledger, SettleResult
+from policies.ratelimit import Decision, Report
+
+REFRESH_BATCH = 1000  # leases per heartbeat script call
+
+
+def connect(url: str, timeout_s: float) -> Redis:
+    """A client whose every call fails within about ``timeout_s`` when Redis is down or slow."""
+    client: Redis = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                   retry=Retry(NoBackoff(), 0), retry_on_error=[],
+                                   health_check_interval=0, decode_responses=False)
+    return client
+
+
+def _report(limit: int, remaining: int, reset_us: int) -> Report | None:
+    return None if limit < 0 else Report(limit, remaining, reset_us)
+
+
+def _limit_args(plan_limits: Sequence[Any]) -> list[int]:
+    args: list[int] = []
+    for planned in plan_limits:
+        args += [int(planned.limit.kind), planned.limit.capacity, planned.limit.window_us]
+    return args
+
+
+class RedisLimitStore:
+    name = "redis"
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._admit = redis.register_script(lua.ADMIT)
+        self._settle = redis.register_script(lua.SETTLE)
+        self._refresh = redis.register_script(lua.REFRESH)
+
+    async def admit(self, plan: AdmitPlan) -> AdmitResult:
+        demand = plan.demand
+        keys = [p.key for p in plan.limits] + [plan.ledger_key]
+        args: list[str | int] = [plan.lease_id, plan.lease_ttl_us, demand.prompt_tokens,
+                                 demand.completion_tokens, 1 if demand.clamp else 0,
+                                 demand.min_completion_tokens, *_limit_args(plan.limits)]
+        reply = [int(v) for v in await self._admit(keys=keys, args=args)]
+        admitted, now, completion, wait, refused, seq = reply[:6]
+        decision = Decision(admitted=admitted == 1, completion_tokens=completion,
+                            retry_after_us=None if wait < 0 else wait, refused_index=refused)
+        return AdmitResult(decision=decision, now_us=now, seq=seq, requests=_report(*reply[6:9]),
+                           tokens=_report(*reply[9:12]))
+
+    async def settle(self, plan: AdmitPlan, delta_tokens: int, admitted_us: int) -> SettleResult:
+        limits = plan.settled_limits
+        keys = [p.key for p in limits] + [plan.ledger_key]
+        args: list[str | int] = [plan.lease_id, delta_tokens, admitted_us, *_limit_args(limits)]
+        now, seq = (int(v) for v in await self._settle(keys=keys, args=args))
+        return SettleResult(now_us=now, seq=seq)
+
+    async def refresh(self, plans: Sequence[AdmitPlan]) -> int:
+        pairs = [(key, plan.lease_id, plan.lease_ttl_us) for plan in plans for key in plan.concurrency_keys]
+        refreshed = 0
+        for start in range(0, len(pairs), REFRESH_BATCH):
+            batch = pairs[start:start + REFRESH_BATCH]
+            ttl = max(ttl for _, _, ttl in batch)
+            args: list[str | int] = [ttl, *(lease_id for _, lease_id, _ in batch)]
+            refreshed += int(await self._refresh(keys=[key for key, _, _ in batch], args=args))
+        return refreshed
+
+    async def ledger(self, ledger_key: str) -> Ledger:
+        charged, open_leases = await self._redis.hmget(ledger_key, ["charged", "open"])
+        return Ledger(charged_tokens=int(charged or 0), open_leases=int(open_leases or 0))
+
+    async def aclose(self) -> None:
+        return None

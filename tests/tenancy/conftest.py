@@ -1,0 +1,132 @@
+"""Fixtures for tenancy tests: the shared Redis at 127.0.0.1:6379 under a unique key prefix per test
+(its keys deleted afterwards, never a flush), private redis-server processes that tests may kill and
+restart (by PID), both limiter stores, and Admissions built from tenancy config."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from gateway.tenancy import Admission, TenancyConfig
+from gateway.tenancy.memory_store import MemoryLimitStore
+from gateway.tenancy.redis_store import RedisLimitStore, connect
+from gateway.tenancy.store import LimitStore
+
+SHARED_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A private redis-server (no persistence) on a free port, killed by its own PID."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(redis.RedisError):
+                if client.ping():
+                    break
+            assert time.monotonic() < deadline, "private redis-server did not start"
+            time.sleep(0.02)
+        client.close()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test:tenancy:{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+async def shared_redis(prefix: str) -> AsyncIterator[Redis]:
+    client = connect(SHARED_REDIS, 0.5)
+    yield client
+    keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=500)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, shared_redis: Redis) -> LimitStore:
+    if request.param == "memory":
+        return MemoryLimitStore()
+    return RedisLimitStore(shared_redis)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+MakeAdmission = Callable[..., Admission]
+
+
+@pytest.fixture
+async def make_admission(prefix: str, shared_redis: Redis) -> AsyncIterator[MakeAdmission]:
+    """Builds Admissions (closed after the test): ``make(store, **tenancy_config)``; redis ones use
+    the shared Redis under the test's prefix unless the config names another URL."""
+    made: list[Admission] = []
+
+    def make(store: str, registry: CollectorRegistry | None = None, **config: Any) -> Admission:
+        base: dict[str, Any] = {"store": store}
+        if store == "redis":
+            base |= {"redis_url": SHARED_REDIS, "redis_prefix": prefix, "redis_timeout_s": 0.5}
+        admission = Admission(TenancyConfig.model_validate(base | config),
+                              registry=registry or CollectorRegistry())
+        made.append(admission)
+        return admission
+
+    yield make
+    for admission in made:
+        await admission.aclose()
