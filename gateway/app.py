@@ -17,18 +17,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.client_schemas import decode_json, parse_chat, parse_completion, parse_native, parse_tgi
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError, PayloadTooLargeError
-from gateway.forwarder import Attempt
 from gateway.relay import relay_native, relay_openai, relay_tgi
 from gateway.render_openai import OpenAIRenderer, models_list
 from gateway.render_text import native_response, tgi_error_body, tgi_finish_reason, tgi_response
 from gateway.service import Gateway
-from gateway.types import GenerateRequest, Usage
+from gateway.tenancy import Principal, admin_routes
+from gateway.types import GenerateRequest
 
 log = logging.getLogger("gateway.app")
 
 JSON = "application/json"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-ROUTING_KEY_HEADER = "x-session-id"
 
 
 def _json(body: bytes | dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
@@ -49,7 +48,7 @@ def _tgi_error_response(error: GatewayError) -> Response[bytes]:
 def create_app(gateway: Gateway) -> Litestar:
     metrics = gateway.metrics
     max_body = gateway.settings.server.max_body_bytes
-    forwarder = gateway.forwarder
+    pipeline = gateway.pipeline
 
     async def read_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
         length = request.headers.get("content-length")
@@ -57,36 +56,21 @@ def create_app(gateway: Gateway) -> Litestar:
             raise PayloadTooLargeError(f"request body of {length} bytes is over the {max_body}-byte limit")
         return decode_json(await request.body())
 
-    def check_model(model: str) -> None:
-        gateway.registry.serving(model)
-
-    def on_done_for(request: GenerateRequest, dialect: str, started: float
-                    ) -> Callable[[str, Usage | None, str], None]:
-        def on_done(backend: str, usage: Usage | None, outcome: str) -> None:
-            metrics.requests.labels(request.model, backend, dialect, outcome).inc()
-            metrics.duration.labels(request.model, dialect).observe(time.perf_counter() - started)
-            if usage is not None:
-                metrics.tokens.labels(request.model, backend, "prompt").inc(usage.prompt_tokens)
-                metrics.tokens.labels(request.model, backend, "completion").inc(usage.completion_tokens)
-        return on_done
-
-    async def open_stream(request: GenerateRequest, http: Request[Any, Any, Any]) -> Attempt:
-        return await forwarder.open(request, routing_key=http.headers.get(ROUTING_KEY_HEADER))
-
     async def openai(http: Request[Any, Any, Any], parse: Callable[[dict[str, Any]], GenerateRequest],
                      dialect: str) -> Response[Any]:
         started = time.perf_counter()
+        principal = await pipeline.authenticate(http.headers)
         request = parse(await read_json(http))
-        check_model(request.model)
-        on_done = on_done_for(request, dialect, started)
+        lease = await pipeline.admit(principal, request)
+        on_done = pipeline.on_done(request, dialect, lease, started)
         renderer = OpenAIRenderer(request)
         if request.stream:
-            attempt = await open_stream(request, http)
+            attempt = await pipeline.open(request, lease, http.headers)
             return Stream(relay_openai(attempt, request, renderer, metrics, on_done),
-                          media_type="text/event-stream", headers=SSE_HEADERS)
-        result = await forwarder.complete(request, routing_key=http.headers.get(ROUTING_KEY_HEADER))
-        on_done(result.backend, result.usage, "ok")
-        return _json(renderer.response(result.text, result.finish_reason, result.usage))
+                          media_type="text/event-stream", headers={**SSE_HEADERS, **lease.headers})
+        result = await pipeline.complete(request, lease, http.headers, on_done)
+        return _json(renderer.response(result.text, result.finish_reason, result.usage),
+                     headers=lease.headers)
 
     @post("/v1/chat/completions", status_code=200)
     async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
@@ -96,22 +80,22 @@ def create_app(gateway: Gateway) -> Litestar:
     async def completions(request: Request[Any, Any, Any]) -> Response[Any]:
         return await openai(request, parse_completion, "openai_completion")
 
-    async def tgi(http: Request[Any, Any, Any], data: dict[str, Any], stream: bool | None,
-                  compat: bool = False) -> Response[Any]:
+    async def tgi(http: Request[Any, Any, Any], stream: bool | None, compat: bool = False) -> Response[Any]:
+        """TGI's routes answer in TGI's own error shape (``{"error", "error_type"}``, 422 for bad input)."""
         started = time.perf_counter()
         try:
-            parsed = parse_tgi(data, gateway.settings.default_model, stream=stream)
+            principal = await pipeline.authenticate(http.headers)
+            parsed = parse_tgi(await read_json(http), gateway.settings.default_model, stream=stream)
             request = parsed.request
-            check_model(request.model)
-            on_done = on_done_for(request, "tgi", started)
+            lease = await pipeline.admit(principal, request)
+            on_done = pipeline.on_done(request, "tgi", lease, started)
             if request.stream:
-                attempt = await open_stream(request, http)
+                attempt = await pipeline.open(request, lease, http.headers)
                 return Stream(relay_tgi(attempt, request, on_done), media_type="text/event-stream",
-                              headers=SSE_HEADERS)
-            result = await forwarder.complete(request, routing_key=http.headers.get(ROUTING_KEY_HEADER))
+                              headers={**SSE_HEADERS, **lease.headers})
+            result = await pipeline.complete(request, lease, http.headers, on_done)
         except GatewayError as exc:
             return _tgi_error_response(exc)
-        on_done(result.backend, result.usage, "ok")
         tokens = result.usage.completion_tokens if result.usage else 0
         details = None
         if parsed.details:
@@ -119,46 +103,44 @@ def create_app(gateway: Gateway) -> Litestar:
                        "generated_tokens": tokens, "seed": request.seed, "prefill": [], "tokens": []}
         text = (request.prompt + result.text) if parsed.return_full_text else result.text
         body = tgi_response(text, details)
-        return _json(msgspec.json.encode([body] if compat else body))
+        return _json(msgspec.json.encode([body] if compat else body), headers=lease.headers)
+
+    async def native(http: Request[Any, Any, Any], data: dict[str, Any], principal: Principal
+                     ) -> Response[Any]:
+        started = time.perf_counter()
+        request = parse_native(data, gateway.settings.default_model)
+        lease = await pipeline.admit(principal, request)
+        on_done = pipeline.on_done(request, "native", lease, started)
+        if request.stream:
+            attempt = await pipeline.open(request, lease, http.headers)
+            return Stream(relay_native(attempt, request, on_done), media_type="text/event-stream",
+                          headers={**SSE_HEADERS, **lease.headers})
+        result = await pipeline.complete(request, lease, http.headers, on_done)
+        tokens = result.usage.completion_tokens if result.usage else 0
+        return _json(native_response(result.text, tokens, result.finish_reason), headers=lease.headers)
 
     @post("/generate", status_code=200)
     async def generate(request: Request[Any, Any, Any]) -> Response[Any]:
-        data = await read_json(request)
-        if "inputs" in data:
-            return await tgi(request, data, stream=None)
-        started = time.perf_counter()
-        generate_request = parse_native(data, gateway.settings.default_model)
-        check_model(generate_request.model)
-        on_done = on_done_for(generate_request, "native", started)
-        if generate_request.stream:
-            attempt = await open_stream(generate_request, request)
-            return Stream(relay_native(attempt, generate_request, on_done), media_type="text/event-stream",
-                          headers=SSE_HEADERS)
-        result = await forwarder.complete(generate_request,
-                                          routing_key=request.headers.get(ROUTING_KEY_HEADER))
-        on_done(result.backend, result.usage, "ok")
-        tokens = result.usage.completion_tokens if result.usage else 0
-        return _json(native_response(result.text, tokens, result.finish_reason))
+        """The native dialect, or TGI's when the body has ``inputs``."""
+        body = await request.body()
+        if b'"inputs"' in body:
+            return await tgi(request, stream=None)
+        principal = await pipeline.authenticate(request.headers)
+        return await native(request, await read_json(request), principal)
 
     @post("/generate_stream", status_code=200)
     async def generate_stream(request: Request[Any, Any, Any]) -> Response[Any]:
-        try:
-            data = await read_json(request)
-        except GatewayError as exc:
-            return _tgi_error_response(exc)
-        return await tgi(request, data, stream=True)
+        return await tgi(request, stream=True)
 
     @post("/", status_code=200)
     async def tgi_compat(request: Request[Any, Any, Any]) -> Response[Any]:
-        try:
-            data = await read_json(request)
-        except GatewayError as exc:
-            return _tgi_error_response(exc)
-        return await tgi(request, data, stream=None, compat=True)
+        return await tgi(request, stream=None, compat=True)
 
     @get("/v1/models")
-    async def models() -> Response[bytes]:
-        return _json(models_list(gateway.registry.models, gateway.started_at))
+    async def models(request: Request[Any, Any, Any]) -> Response[bytes]:
+        principal = await pipeline.authenticate(request.headers)
+        return _json(models_list(gateway.admission.allowed_models(principal, gateway.registry.models),
+                                 gateway.started_at))
 
     @get("/health")
     async def health() -> Response[bytes]:
@@ -222,7 +204,7 @@ def create_app(gateway: Gateway) -> Litestar:
 
     return Litestar(
         route_handlers=[chat_completions, completions, generate, generate_stream, tgi_compat, models,
-                        health, ready, prometheus_metrics, stats],
+                        health, ready, prometheus_metrics, stats, *admin_routes(gateway.admission)],
         exception_handlers={GatewayError: handle_gateway_error, HTTPException: handle_http_exception,
                             Exception: handle_unexpected},
         lifespan=[lifespan],

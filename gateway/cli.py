@@ -18,6 +18,7 @@ from backends.launchers.process import ProcessLauncher, free_port, sim_command
 from gateway.app import create_app
 from gateway.composition import build_gateway, build_policies
 from gateway.settings import ConfigError, GatewaySettings, embedded_defaults, load_settings
+from gateway.tenancy import keys_command
 
 log = logging.getLogger("gateway.cli")
 
@@ -96,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--port", type=int, help="override server.port")
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("config")
+    commands.add_parser("keys", help="API key helpers (llm-gateway keys --help)", add_help=False)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keys"]:
+        return keys_command(argv[1:])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -12,9 +12,11 @@ from backends.vllm import VllmAdapter
 from gateway.forwarder import Forwarder
 from gateway.health import HealthMonitor
 from gateway.metrics import BackendCollector, GatewayMetrics
+from gateway.pipeline import Pipeline
 from gateway.registry import Backend, Registry
 from gateway.service import Gateway
 from gateway.settings import BackendConfig, ConfigError, GatewaySettings
+from gateway.tenancy import Admission
 from gateway.types import EngineAdapter
 from policies.base import RoutingPolicy
 from policies.registry import build_policy
@@ -63,9 +65,11 @@ def build_gateway(settings: GatewaySettings, urls: dict[str, str],
     metrics = GatewayMetrics(prometheus)
     prometheus.register(BackendCollector(registry))
     forwarder = Forwarder(registry, policies, policy_names, metrics)
+    admission = Admission(settings.tenancy, registry=prometheus)
     gateway = Gateway(
         settings=settings, registry=registry, forwarder=forwarder, metrics=metrics,
         prometheus=prometheus, monitor=HealthMonitor(registry, settings.health.interval_s),
+        admission=admission, pipeline=Pipeline(registry, forwarder, admission, metrics),
     )
-    gateway.closers.append(session.close)
+    gateway.closers += [session.close, admission.aclose]
     return gateway

@@ -7,11 +7,12 @@ turns an engine failure after the first byte into the dialect's error event."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from gateway.errors import GatewayError
 from gateway.forwarder import Attempt
 from gateway.metrics import GatewayMetrics
+from gateway.pipeline import OnDone
 from gateway.render_openai import DONE, OpenAIRenderer
 from gateway.render_text import (
     native_delta,
@@ -22,9 +23,6 @@ from gateway.render_text import (
     tgi_stream_token,
 )
 from gateway.types import Delta, GenerateRequest, Usage
-
-# Called once when a stream ends: (backend, usage or None, outcome).
-OnDone = Callable[[str, Usage | None, str], None]
 
 
 class _ChunkClock:
@@ -47,11 +45,13 @@ async def relay_openai(attempt: Attempt, request: GenerateRequest, renderer: Ope
                        metrics: GatewayMetrics, on_done: OnDone) -> AsyncIterator[bytes]:
     usage: Usage | None = None
     outcome = "cancelled"
+    chunks = 0
     clock = _ChunkClock(metrics, request.model)
     try:
         async for event in attempt.events():
             if isinstance(event, Delta):
                 clock.tick()
+                chunks += 1
                 yield renderer.chunk(event)
             else:
                 usage = event
@@ -65,7 +65,7 @@ async def relay_openai(attempt: Attempt, request: GenerateRequest, renderer: Ope
         yield DONE
     finally:
         await attempt.close()
-        on_done(attempt.backend.name, usage, outcome)
+        await on_done(attempt.backend.name, usage, outcome, chunks)
 
 
 async def relay_native(attempt: Attempt, request: GenerateRequest, on_done: OnDone) -> AsyncIterator[bytes]:
@@ -73,6 +73,7 @@ async def relay_native(attempt: Attempt, request: GenerateRequest, on_done: OnDo
     usage: Usage | None = None
     finish_reason: str | None = None
     outcome = "cancelled"
+    chunks = 0
     try:
         async for event in attempt.events():
             if isinstance(event, Usage):
@@ -80,6 +81,7 @@ async def relay_native(attempt: Attempt, request: GenerateRequest, on_done: OnDo
                 continue
             finish_reason = event.finish_reason or finish_reason
             if event.text:
+                chunks += 1
                 yield native_delta(event.text)
         outcome = "ok"
         yield native_final("", usage.completion_tokens if usage else 0, finish_reason)
@@ -88,7 +90,7 @@ async def relay_native(attempt: Attempt, request: GenerateRequest, on_done: OnDo
         yield native_error(exc)
     finally:
         await attempt.close()
-        on_done(attempt.backend.name, usage, outcome)
+        await on_done(attempt.backend.name, usage, outcome, chunks)
 
 
 async def relay_tgi(attempt: Attempt, request: GenerateRequest, on_done: OnDone) -> AsyncIterator[bytes]:
@@ -127,4 +129,4 @@ async def relay_tgi(attempt: Attempt, request: GenerateRequest, on_done: OnDone)
         yield tgi_error_event(exc)
     finally:
         await attempt.close()
-        on_done(attempt.backend.name, usage, outcome)
+        await on_done(attempt.backend.name, usage, outcome, index)

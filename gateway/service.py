@@ -12,8 +12,10 @@ from prometheus_client import CollectorRegistry
 from gateway.forwarder import Forwarder
 from gateway.health import HealthMonitor
 from gateway.metrics import GatewayMetrics
+from gateway.pipeline import Pipeline
 from gateway.registry import Registry
 from gateway.settings import GatewaySettings
+from gateway.tenancy import Admission
 
 
 @dataclass
@@ -24,6 +26,8 @@ class Gateway:
     metrics: GatewayMetrics
     prometheus: CollectorRegistry
     monitor: HealthMonitor
+    admission: Admission
+    pipeline: Pipeline
     started_at: int = field(default_factory=lambda: int(time.time()))
     # Resources to release at shutdown (HTTP sessions, adapters), in order.
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)

@@ -17,6 +17,8 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.tenancy.config import TenancyConfig
+
 BackendKind = Literal["vllm", "tgi", "sim"]
 
 
@@ -98,6 +100,7 @@ class GatewaySettings(_Strict):
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    tenancy: TenancyConfig = Field(default_factory=TenancyConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewaySettings:

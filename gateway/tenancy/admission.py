@@ -13,7 +13,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +151,11 @@ class Admission:
             self.metrics.auth_failures.labels("model_not_allowed").inc()
             raise PermissionDeniedError(f"Tenant {principal.tenant!r} is not allowed to use model {model!r}.",
                                         param="model")
+
+    def allowed_models(self, principal: Principal, models: Iterable[str]) -> list[str]:
+        """The served models this principal's tenant may use (what ``/v1/models`` lists)."""
+        tenant = self._tenant_of(principal)
+        return [model for model in models if tenant.allows(model)]
 
     def check_admin(self, headers: Mapping[str, str]) -> None:
         if not self._config.admin_key_hashes:
