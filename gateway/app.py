@@ -28,6 +28,8 @@ log = logging.getLogger("gateway.app")
 
 JSON = "application/json"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+# Which backend served the request (a config name, never a URL): for operators and routing tests.
+BACKEND_HEADER = "x-llm-gateway-backend"
 
 
 def _json(body: bytes | dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
@@ -67,10 +69,11 @@ def create_app(gateway: Gateway) -> Litestar:
         if request.stream:
             attempt = await pipeline.open(request, lease, http.headers)
             return Stream(relay_openai(attempt, request, renderer, metrics, on_done),
-                          media_type="text/event-stream", headers={**SSE_HEADERS, **lease.headers})
+                          media_type="text/event-stream",
+                          headers={**SSE_HEADERS, **lease.headers, BACKEND_HEADER: attempt.backend.name})
         result = await pipeline.complete(request, lease, http.headers, on_done)
         return _json(renderer.response(result.text, result.finish_reason, result.usage),
-                     headers=lease.headers)
+                     headers={**lease.headers, BACKEND_HEADER: result.backend})
 
     @post("/v1/chat/completions", status_code=200)
     async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:

@@ -80,7 +80,7 @@ class HealthSettings(_Strict):
 
 
 class RoutingSettings(_Strict):
-    default_policy: str = "round_robin"
+    default_policy: str = "prefix_affinity"
     per_model: dict[str, str] = Field(default_factory=dict)
     # Options per policy name, e.g. {prefix_affinity: {load_bound: 1.25}}.
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -160,8 +160,10 @@ def load_settings(path: str | Path) -> GatewaySettings:
 
 
 def embedded_defaults() -> GatewaySettings:
-    """Two simulated engines (vLLM and TGI dialects) serving one model; limits in memory."""
+    """Two simulated engines (vLLM and TGI dialects) serving one model; limits in memory. Round robin,
+    so that a newcomer's first requests exercise both dialects."""
     return parse_settings({
+        "routing": {"default_policy": "round_robin"},
         "backends": [
             {"name": "sim-vllm", "kind": "sim", "models": ["sim-model"], "sim": {"dialect": "vllm"}},
             {"name": "sim-tgi", "kind": "sim", "models": ["sim-model"], "sim": {"dialect": "tgi"}},

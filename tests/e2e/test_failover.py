@@ -28,6 +28,7 @@ def pair(log_dir: Path) -> Iterator[tuple[ProcessLauncher, ProcessLauncher, str]
         config = {
             "backends": [backend_entry("a", "vllm", a.url), backend_entry("b", "tgi", b.url)],
             "timeouts": {"first_token_s": 1.0, "idle_s": 1.0},
+            "routing": {"default_policy": "round_robin"},
             "health": {"interval_s": 0.5, "failures_to_open": 2},
         }
         with gateway_server(config, log_dir, name="gw-fo") as gateway:
@@ -58,6 +59,14 @@ def test_failures_before_first_token_are_invisible(pair: tuple[ProcessLauncher, 
         chunks = list(client.completions.create(model=MODEL, prompt="tell me", max_tokens=6, stream=True,
                                                 extra_body={"ignore_eos": True}))
         assert "".join(c.choices[0].text for c in chunks if c.choices) == out.choices[0].text
+    # Round robin sends the first request to the failing engine; the breaker may then skip it.
+    assert failovers(url) >= 2
+
+
+def failovers(url: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("gateway_failover_total{"))
 
 
 def test_dead_engine_is_skipped_and_marked_unhealthy(pair: tuple[ProcessLauncher, ProcessLauncher, str]
