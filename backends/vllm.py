@@ -1,0 +1,166 @@
+"""EngineAdapter for vLLM's OpenAI-compatible server (and the sim engine in its ``vllm`` dialect).
+
+Requests go to ``/v1/chat/completions`` or ``/v1/completions``, always streamed with
+``stream_options.include_usage``; vLLM's ``{"error": {"message", "type", "param", "code"}}`` bodies
+(and its older top-level and ``{"detail"}`` shapes) are mapped to the gateway's errors keeping
+``param``; ``/metrics`` (``vllm:*``) becomes a ``BackendLoad``. All vLLM names live here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from backends.engine_http import (
+    JSON_HEADERS,
+    AdapterTimeouts,
+    get_probe,
+    open_event_stream,
+    relay,
+)
+from backends.http_errors import decode_error_body, error_for_status, text_of
+from backends.openai_stream import OpenAiStreamParser
+from backends.prom_text import parse_metrics
+from gateway.errors import GatewayError, UpstreamError
+from gateway.types import BackendLoad, GenerateRequest, StreamEvent
+
+SIM_FAULT_HEADER = "x-sim-fault"
+
+_RUNNING = "vllm:num_requests_running"
+_WAITING = "vllm:num_requests_waiting"
+_KV_USAGE = "vllm:kv_cache_usage_perc"
+_PREFIX_QUERIES = "vllm:prefix_cache_queries_total"
+_PREFIX_HITS = "vllm:prefix_cache_hits_total"
+_PREEMPTIONS = "vllm:num_preemptions_total"
+_CACHE_CONFIG = "vllm:cache_config_info"
+_METRICS = (_RUNNING, _WAITING, _KV_USAGE, _PREFIX_QUERIES, _PREFIX_HITS, _PREEMPTIONS, _CACHE_CONFIG)
+
+
+class VllmAdapter:
+    """One vLLM server at ``base_url`` (e.g. ``http://10.0.0.5:8000``), over the shared ``session``."""
+
+    def __init__(self, base_url: str, session: aiohttp.ClientSession,
+                 timeouts: AdapterTimeouts | None = None, *, api_key: str | None = None) -> None:
+        self._base = base_url.rstrip("/")
+        self._session = session
+        self._timeouts = timeouts or AdapterTimeouts()
+        self._headers = dict(JSON_HEADERS)
+        if api_key:
+            self._headers["authorization"] = f"Bearer {api_key}"
+
+    def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+        """The engine's events for ``request`` (see ``EngineAdapter.stream``)."""
+        path = "/v1/chat/completions" if request.kind == "chat" else "/v1/completions"
+        headers = self._headers
+        if request.fault is not None:
+            headers = {**headers, SIM_FAULT_HEADER: request.fault}
+        events = open_event_stream(self._session, self._base + path, build_body(request), headers,
+                                   self._timeouts, error_for_response)
+        return relay(events, OpenAiStreamParser(), error_for_report)
+
+    async def health(self) -> bool:
+        try:
+            status, _ = await get_probe(self._session, self._base + "/health", self._timeouts)
+        except GatewayError:
+            return False
+        return status == 200
+
+    async def load(self) -> BackendLoad:
+        """Scrape ``/metrics``; raises a ``GatewayError`` when the engine cannot be scraped."""
+        status, raw = await get_probe(self._session, self._base + "/metrics", self._timeouts)
+        if status != 200:
+            raise UpstreamError(f"vLLM /metrics answered HTTP {status}")
+        try:
+            samples = parse_metrics(raw.decode("utf-8", "replace"), _METRICS)
+        except ValueError as exc:
+            raise UpstreamError(f"unparsable vLLM /metrics: {exc}") from None
+        block_size: int | None = None
+        num_blocks: int | None = None
+        for labels in samples.label_sets(_CACHE_CONFIG):
+            block_size = block_size or _int_label(labels, "block_size")
+            blocks = _int_label(labels, "num_gpu_blocks")
+            if blocks is not None:
+                num_blocks = (num_blocks or 0) + blocks
+        return BackendLoad(
+            running=samples.sum(_RUNNING) or 0.0,
+            waiting=samples.sum(_WAITING) or 0.0,
+            # A fraction per engine: the mean, not the sum, across data-parallel engines.
+            kv_cache_usage=samples.mean(_KV_USAGE),
+            prefix_cache_queries=samples.sum(_PREFIX_QUERIES),
+            prefix_cache_hits=samples.sum(_PREFIX_HITS),
+            preemptions=samples.sum(_PREEMPTIONS),
+            block_size=block_size,
+            num_blocks=num_blocks,
+        )
+
+    async def aclose(self) -> None:
+        """Nothing to release: the session belongs to the composition root, streams close themselves."""
+
+
+def build_body(request: GenerateRequest) -> bytes:
+    """The OpenAI request body for vLLM; ``extra`` first so it cannot switch streaming or usage off."""
+    body: dict[str, Any] = dict(request.extra)
+    body["model"] = request.model
+    if request.kind == "chat":
+        body["messages"] = request.messages or []
+        if request.continue_final_message:
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
+    else:
+        body["prompt"] = request.prompt
+    for name in ("max_tokens", "temperature", "top_p", "seed", "user"):
+        value = getattr(request, name)
+        if value is not None:
+            body[name] = value
+    if request.stop:
+        body["stop"] = request.stop
+    body["stream"] = True
+    body["stream_options"] = {"include_usage": True}
+    return msgspec.json.encode(body)
+
+
+def error_for_response(status: int, raw: bytes) -> GatewayError:
+    """Map a vLLM non-2xx answer."""
+    return _from_payload(decode_error_body(raw), status)
+
+
+def error_for_report(payload: dict[str, Any]) -> GatewayError:
+    """Map an error object vLLM sent inside a stream."""
+    return _from_payload(payload, None)
+
+
+def _from_payload(payload: Any, status: int | None) -> GatewayError:
+    message, param, code = "", None, None
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict):  # {"error": {"message", "type", "param", "code"}}
+            message, param, code = text_of(error.get("message")), error.get("param"), error.get("code")
+        elif payload.get("object") == "error":  # older vLLM: the same fields at the top level
+            message, param, code = text_of(payload.get("message")), payload.get("param"), payload.get("code")
+        else:  # {"error": "Unauthorized"}, FastAPI's {"detail": ...}
+            message = text_of(error if error is not None else payload.get("detail"))
+    else:
+        message = text_of(payload)
+    if status is None:
+        status = code if isinstance(code, int) and 400 <= code < 600 else 500
+    param = _client_param(param)
+    not_found_is_model = param == "model" or "model" in message.lower()
+    return error_for_status(status, message, param=param, not_found_is_model=not_found_is_model)
+
+
+def _client_param(param: Any) -> str | None:
+    """vLLM's request-model validation names a location (``body.max_tokens``); clients want the field."""
+    if not isinstance(param, str) or not param:
+        return None
+    field = param.removeprefix("body.")
+    return None if field.isdigit() else field
+
+
+def _int_label(labels: dict[str, str], name: str) -> int | None:
+    try:
+        return int(float(labels[name]))
+    except (KeyError, ValueError):
+        return None
