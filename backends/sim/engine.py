@@ -83,6 +83,9 @@ class Engine:
         finishes. The finishing batch may be empty (an EOS carries no text)."""
         cursor = 0
         while True:
+            # Clear before looking: output produced while the consumer was busy (after the yield)
+            # must not be lost by clearing a wake-up that already happened.
+            request.wake.clear()
             output = request.output
             if len(output) > cursor or request.finished:
                 batch = output[cursor:]
@@ -91,7 +94,7 @@ class Engine:
                 yield batch, done
                 if done:
                     return
-            request.wake.clear()
+                continue
             await request.wake.wait()
 
     def state(self) -> dict[str, object]:

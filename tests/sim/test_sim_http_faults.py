@@ -140,3 +140,19 @@ def test_command_line_fault_for_the_next_request_only(launch_sim: Any) -> None:
         assert httpx.post(sim.url + "/v1/chat/completions", json=CHAT).status_code == 200
     finally:
         sim.stop()
+
+
+def test_slow_consumer_of_a_timed_engine_gets_every_token(launch_sim: Any) -> None:
+    """Regression: with real step times the engine produces tokens while a slowed stream is still
+    writing the previous one; those wake-ups must not be lost (the stream used to hang)."""
+    sim = launch_sim("vllm", ["--profile", "fast"])
+    try:
+        body = {"model": MODEL, "prompt": "slow", "max_tokens": 8, "ignore_eos": True, "stream": True}
+        plain, _ = stream_lines(sim.url, "/v1/completions", body, "")
+        expected = [json.loads(x)["choices"][0]["text"] for x in plain[:-1]]
+        for fault in ("slow=0.01", "stall-after=2:0.05"):
+            lines, error = stream_lines(sim.url, "/v1/completions", body, fault)
+            assert error is None and lines[-1] == "[DONE]"
+            assert [json.loads(x)["choices"][0]["text"] for x in lines[:-1]] == expected
+    finally:
+        sim.stop()
