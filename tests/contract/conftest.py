@@ -2,9 +2,8 @@
 "targets" every contract test runs over.
 
 Targets: ``vllm`` (``VllmAdapter`` over the sim engine in its vllm dialect), ``tgi`` (``TgiAdapter``
-over the sim in its tgi dialect) and ``vllm-real`` (``VllmAdapter`` over the real vLLM CPU server; it
-runs only when the run selects the ``vllm`` marker, e.g. ``pytest -m vllm tests/contract``, since the
-server takes a minute to start). Sims are started with ``python -m backends.sim``, waited for on
+over the sim in its tgi dialect) and ``vllm-real`` (``VllmAdapter`` over the real vLLM CPU server,
+the session's shared ``vllm_server`` from tests/conftest.py). Sims are started with ``python -m backends.sim``, waited for on
 ``/health`` (failing fast with the log's tail if the process dies) and stopped by their own PID.
 """
 
@@ -21,7 +20,6 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -154,11 +152,6 @@ def _target(name: str, dialect: str, model: str, url: str, sim: bool) -> Target:
     return Target(name, dialect, model, url, make, sim, checks_model=dialect == "vllm")
 
 
-def _real_vllm_selected(config: pytest.Config) -> bool:
-    markexpr = str(config.getoption("markexpr") or "")
-    return "vllm" in markexpr and "not vllm" not in markexpr
-
-
 @pytest.fixture(scope="session", params=[
     "vllm", "tgi", pytest.param("vllm-real", marks=[pytest.mark.vllm, pytest.mark.slow])])
 def target(request: pytest.FixtureRequest) -> Target:
@@ -168,24 +161,8 @@ def target(request: pytest.FixtureRequest) -> Target:
     if request.param == "tgi":
         sim = request.getfixturevalue("sim_tgi")
         return _target("tgi", "tgi", sim.model, sim.url, sim=True)
-    if not _real_vllm_selected(request.config):
-        pytest.skip("the real vLLM target runs only when the vllm marker is selected (-m vllm)")
-    server = request.getfixturevalue("real_vllm")
+    server = request.getfixturevalue("vllm_server")  # shared with tests/vllm (tests/conftest.py)
     return _target("vllm-real", "vllm", server.model, server.base_url, sim=False)
-
-
-@pytest.fixture(scope="session")
-def real_vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The real vLLM CPU server (tests/support/vllm_server.py), one per session."""
-    from tests.support.vllm_fixtures import require_vllm_install
-    from tests.support.vllm_server import VllmServer
-
-    server = VllmServer(tmp_path_factory.mktemp("vllm") / "vllm-server.log", install=require_vllm_install())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

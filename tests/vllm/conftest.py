@@ -1,7 +1,2 @@
-"""Fixtures for the tests against a real vLLM CPU server (marked ``vllm``)."""
-
-from __future__ import annotations
-
-from tests.support.vllm_fixtures import vllm_server
-
-__all__ = ["vllm_server"]
+"""Tests against a real vLLM CPU server (marked ``vllm``); the ``vllm_server`` fixture lives in
+tests/conftest.py so that every directory shares one server."""
