@@ -59,7 +59,7 @@ class ProcessLauncher:
         env = {**os.environ, **(self.env or {})}
         self.process = subprocess.Popen(
             self.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            preexec_fn=_die_with_parent if self.die_with_parent else None)  # noqa: PLW1509
+            preexec_fn=_die_with_parent if self.die_with_parent else None)
 
     async def wait_healthy(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s

@@ -3,8 +3,9 @@
 
 Targets: ``vllm`` (``VllmAdapter`` over the sim engine in its vllm dialect), ``tgi`` (``TgiAdapter``
 over the sim in its tgi dialect) and ``vllm-real`` (``VllmAdapter`` over the real vLLM CPU server,
-the session's shared ``vllm_server`` from tests/conftest.py). Sims are started with ``python -m backends.sim``, waited for on
-``/health`` (failing fast with the log's tail if the process dies) and stopped by their own PID.
+the session's shared ``vllm_server`` from tests/conftest.py). Sims are started with
+``python -m backends.sim``, waited for on ``/health`` (failing fast with the log's tail if the process
+dies) and stopped by their own PID.
 """
 
 from __future__ import annotations
