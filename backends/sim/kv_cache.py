@@ -6,8 +6,12 @@
   it is also in the hash map, so two requests can share a prefix).
 - A block whose count drops to zero goes to the tail of the free queue with its hash kept, so a later
   request can still hit it; allocation takes blocks from the head and evicts their hash then. The free
-  queue is therefore an LRU of cached blocks. Callers release a request's blocks in reverse order so a
-  sequence's tail is evicted before its head, as vLLM does.
+  queue is therefore an LRU of cached blocks. A freed block without a hash (a partial block, never
+  reusable) goes to the *head* instead, to be reused first (vLLM 0.32's ``BlockPool.free_blocks``).
+  A request's blocks are released in reverse order so a sequence's tail is evicted before its head,
+  as vLLM does.
+- Two blocks may hold the same hash (two requests computed the same prefix at the same time); both
+  stay cached and a lookup finds the first one, as in vLLM's ``BlockHashToBlockMap``.
 - Block 0 is reserved like vLLM's null block, so ``num_blocks - 1`` blocks are usable and
   ``usage`` is ``1 - free / (num_blocks - 1)`` (vLLM's ``kv_cache_usage_perc``).
 """
@@ -40,7 +44,7 @@ class KVCache:
         self.block_size = block_size
         self._refs = [0] * num_blocks
         self._hash: list[bytes | None] = [None] * num_blocks
-        self._by_hash: dict[bytes, int] = {}
+        self._by_hash: dict[bytes, dict[int, None]] = {}  # hash -> blocks holding it, oldest first
         self._free: OrderedDict[int, None] = OrderedDict((block, None) for block in range(1, num_blocks))
         self.evictions = 0
 
@@ -54,7 +58,7 @@ class KVCache:
 
     @property
     def num_cached(self) -> int:
-        return len(self._by_hash)
+        return sum(len(blocks) for blocks in self._by_hash.values())
 
     def ref_count(self, block: int) -> int:
         return self._refs[block]
@@ -70,10 +74,10 @@ class KVCache:
         """Blocks holding the longest leading run of ``hashes`` (no side effect)."""
         blocks: list[int] = []
         for block_hash in hashes:
-            block = self._by_hash.get(block_hash)
-            if block is None:
+            holders = self._by_hash.get(block_hash)
+            if not holders:
                 break
-            blocks.append(block)
+            blocks.append(next(iter(holders)))
         return blocks
 
     def free_after_touch(self, blocks: Sequence[int]) -> int:
@@ -94,37 +98,49 @@ class KVCache:
         blocks: list[int] = []
         for _ in range(count):
             block, _unused = self._free.popitem(last=False)
-            old = self._hash[block]
-            if old is not None:
-                if self._by_hash.get(old) == block:
-                    del self._by_hash[old]
-                self._hash[block] = None
+            if self._hash[block] is not None:
+                self._forget(block)
                 self.evictions += 1
             self._refs[block] = 1
             blocks.append(block)
         return blocks
 
     def register(self, block: int, block_hash: bytes) -> None:
-        """Mark a full block as reusable under ``block_hash`` (first holder of a hash wins, as in vLLM)."""
-        if self._hash[block] is not None or block_hash in self._by_hash:
+        """Mark a full block as reusable under ``block_hash`` (lookups find the first holder, as in vLLM)."""
+        if self._hash[block] is not None:
             return
         self._hash[block] = block_hash
-        self._by_hash[block_hash] = block
+        self._by_hash.setdefault(block_hash, {})[block] = None
 
     def release(self, blocks: Sequence[int]) -> None:
-        """Drop one reference per block, tail first; unreferenced blocks become evictable, hash kept."""
+        """Drop one reference per block, tail first. Unreferenced blocks become evictable: cached ones
+        at the tail of the free queue (hash kept, LRU), the others at its head (reused first)."""
+        reuse_first: list[int] = []
         for block in reversed(blocks):
             self._refs[block] -= 1
             if self._refs[block] == 0:
-                self._free[block] = None
+                if self._hash[block] is None:
+                    reuse_first.append(block)
+                else:
+                    self._free[block] = None
+        for block in reversed(reuse_first):  # so that reuse_first[0] ends up at the very head
+            self._free[block] = None
+            self._free.move_to_end(block, last=False)
+
+    def _forget(self, block: int) -> None:
+        old = self._hash[block]
+        if old is not None:
+            holders = self._by_hash[old]
+            del holders[block]
+            if not holders:
+                del self._by_hash[old]
+            self._hash[block] = None
 
     def reset_prefix_cache(self) -> int:
         """Forget the hashes of all free blocks (vLLM's /reset_prefix_cache); returns how many."""
         forgotten = 0
         for block in self._free:
-            old = self._hash[block]
-            if old is not None:
-                self._by_hash.pop(old, None)
-                self._hash[block] = None
+            if self._hash[block] is not None:
+                self._forget(block)
                 forgotten += 1
         return forgotten

@@ -14,10 +14,20 @@ Presets:
 - ``fast``: about 1 ms per step, so that queueing, streaming and cancellation are observable in tests
   without slowing them down.
 - ``vllm-cpu``: the real vLLM 0.32 CPU server of reference/vllm.md (tiny 2-layer Llama, 128-token
-  blocks, 256 blocks, ``--max-num-seqs 8``). First estimate from the figures recorded there (one stream
-  250-480 tokens/s, TTFT 11-40 ms, 8 concurrent 1,300-2,200 tokens/s): 2.55 ms per step alone
-  (392 tokens/s), 5.0 ms at 8 sequences (1,600 tokens/s), TTFT about 12 ms for a 17-token prompt.
-  To be replaced by a calibration against the real server.
+  blocks, 256 blocks, ``--max-num-seqs 8``; vLLM's CPU default of 2048 batched tokens). Calibrated on
+  this machine by ``benchmarks/vllm_cpu_profile.py``, figures from its
+  ``benchmarks/results/vllm_cpu_profile.json`` (``fit``; they move by about 10% with the shared load):
+  a decode step takes ``decode_step_base_s`` 5.43 ms + ``decode_step_s_per_seq`` 0.82 ms per sequence
+  (``step_overhead``, ``decode_per_seq``); a prefill costs ``sim_prefill_s_per_uncached_token``
+  0.448 ms per uncached token; a fully cached prompt's TTFT (one token computed) is
+  ``sim_overhead_s`` 16.4 ms, i.e. 5.43 ms of step + 0.45 ms of that token + 10.55 ms spent outside
+  the engine (HTTP, tokenizer, engine-core IPC), of which the simulator's own request handling and
+  timer overshoot take about 3.5 ms under the usual load (sim_vs_vllm: cached TTFT 15.9-17.7 ms for a
+  modelled 12.9 ms), so ``frontend_latency`` is 7 ms. Cached tokens are free here: the measured
+  ~0.005 ms per cached token (``joint_s_per_cached_token``) is within the noise of the warm points
+  (at most ~8 ms at 1,536 cached tokens, against a 14-23 ms spread). Long-context decode was not
+  measured (contexts under 100 tokens), so ``decode_per_context_token`` stays 0. Checked against the
+  real server's curves by ``benchmarks/sim_vs_vllm.py`` (results/sim_vs_vllm.json).
 - ``gpu-8b``: loosely a Llama-3/3.1-8B in BF16 under vLLM on one H100-80GB, from public benchmark
   write-ups (vLLM v0.6 performance blog, Lambda and Ori vLLM benchmarks of Llama-3.1-8B on H100):
   single-stream decode about 7 ms per token, prefill 10-20k tokens/s (here about 16k), a decode step
@@ -75,8 +85,8 @@ PROFILES: Mapping[str, EngineConfig] = MappingProxyType({
                                             decode_per_seq=2e-5)),
     "vllm-cpu": EngineConfig(
         block_size=128, num_blocks=256, max_num_seqs=8, max_num_batched_tokens=2048, max_model_len=2048,
-        timing=TimingModel(step_overhead=0.0022, prefill_per_token=0.0001, decode_per_seq=0.00035,
-                           frontend_latency=0.008)),
+        timing=TimingModel(step_overhead=0.00543, prefill_per_token=0.000448, decode_per_seq=0.00082,
+                           frontend_latency=0.007)),
     "gpu-8b": EngineConfig(
         block_size=16, num_blocks=28000, max_num_seqs=256, max_num_batched_tokens=8192, max_model_len=8192,
         timing=TimingModel(step_overhead=0.0065, prefill_per_token=0.00006, decode_per_seq=0.00008,
