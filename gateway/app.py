@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -32,7 +32,7 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 BACKEND_HEADER = "x-llm-gateway-backend"
 
 
-def _json(body: bytes | dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+def _json(body: bytes | Mapping[str, Any], status: int = 200, headers: dict[str, str] | None = None
           ) -> Response[bytes]:
     content = body if isinstance(body, bytes) else msgspec.json.encode(body)
     return Response(content=content, status_code=status, media_type=JSON, headers=headers)
@@ -44,7 +44,7 @@ def _error_response(error: GatewayError) -> Response[bytes]:
 
 def _tgi_error_response(error: GatewayError) -> Response[bytes]:
     status = 422 if error.http_status in (400, 413) else error.http_status
-    return _json(tgi_error_body(error), status, error.headers)  # type: ignore[arg-type]
+    return _json(tgi_error_body(error), status, error.headers)
 
 
 def create_app(gateway: Gateway) -> Litestar:
@@ -83,12 +83,15 @@ def create_app(gateway: Gateway) -> Litestar:
     async def completions(request: Request[Any, Any, Any]) -> Response[Any]:
         return await openai(request, parse_completion, "openai_completion")
 
-    async def tgi(http: Request[Any, Any, Any], stream: bool | None, compat: bool = False) -> Response[Any]:
+    async def tgi(http: Request[Any, Any, Any], stream: bool | None, compat: bool = False,
+                  data: dict[str, Any] | None = None) -> Response[Any]:
         """TGI's routes answer in TGI's own error shape (``{"error", "error_type"}``, 422 for bad input)."""
         started = time.perf_counter()
         try:
             principal = await pipeline.authenticate(http.headers)
-            parsed = parse_tgi(await read_json(http), gateway.settings.default_model, stream=stream)
+            if data is None:
+                data = await read_json(http)
+            parsed = parse_tgi(data, gateway.settings.default_model, stream=stream)
             request = parsed.request
             lease = await pipeline.admit(principal, request)
             on_done = pipeline.on_done(request, "tgi", lease, started)
@@ -125,11 +128,11 @@ def create_app(gateway: Gateway) -> Litestar:
     @post("/generate", status_code=200)
     async def generate(request: Request[Any, Any, Any]) -> Response[Any]:
         """The native dialect, or TGI's when the body has ``inputs``."""
-        body = await request.body()
-        if b'"inputs"' in body:
-            return await tgi(request, stream=None)
+        data = await read_json(request)
+        if "inputs" in data:
+            return await tgi(request, stream=None, data=data)
         principal = await pipeline.authenticate(request.headers)
-        return await native(request, await read_json(request), principal)
+        return await native(request, data, principal)
 
     @post("/generate_stream", status_code=200)
     async def generate_stream(request: Request[Any, Any, Any]) -> Response[Any]:
