@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 
 from backends.http_errors import MAX_ERROR_BODY, EngineReportedError, MalformedEventError
+from backends.prom_text import MetricSamples, parse_metrics
 from backends.sse import SseDecoder, SseEvent
 from gateway.errors import (
     GatewayError,
@@ -216,3 +217,25 @@ async def get_probe(session: aiohttp.ClientSession, url: str,
         raise UpstreamUnavailableError(f"engine probe failed: {exc!r}") from None
     except TimeoutError:
         raise UpstreamTimeoutError(f"engine probe took over {timeouts.probe_s:g}s") from None
+
+
+async def probe_health(session: aiohttp.ClientSession, base_url: str, timeouts: AdapterTimeouts) -> bool:
+    """True when the engine's ``/health`` answers 200 in time."""
+    try:
+        status, _ = await get_probe(session, base_url + "/health", timeouts)
+    except GatewayError:
+        return False
+    return status == 200
+
+
+async def scrape_metrics(session: aiohttp.ClientSession, base_url: str, timeouts: AdapterTimeouts,
+                         wanted: Iterable[str], engine: str) -> MetricSamples:
+    """The engine's ``/metrics`` samples of the ``wanted`` families; a ``GatewayError`` when it cannot
+    be scraped or parsed."""
+    status, raw = await get_probe(session, base_url + "/metrics", timeouts)
+    if status != 200:
+        raise UpstreamError(f"{engine} /metrics answered HTTP {status}")
+    try:
+        return parse_metrics(raw.decode("utf-8", "replace"), wanted)
+    except ValueError as exc:
+        raise UpstreamError(f"unparsable {engine} /metrics: {exc}") from None

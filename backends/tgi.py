@@ -22,11 +22,18 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from backends.engine_http import JSON_HEADERS, AdapterTimeouts, get_probe, open_event_stream, relay
+from backends.engine_http import (
+    JSON_HEADERS,
+    AdapterTimeouts,
+    get_probe,
+    open_event_stream,
+    probe_health,
+    relay,
+    scrape_metrics,
+)
 from backends.http_errors import decode_error_body, error_for_status, text_of
-from backends.prom_text import parse_metrics
 from backends.tgi_stream import TgiChatStreamParser, TgiTokenStreamParser
-from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
+from gateway.errors import GatewayError, InvalidRequestError
 from gateway.types import BackendLoad, GenerateRequest, StreamEvent
 
 SIM_FAULT_HEADER = "x-sim-fault"
@@ -93,21 +100,12 @@ class TgiAdapter:
         return relay(events, parser, error_for_report)
 
     async def health(self) -> bool:
-        try:
-            status, _ = await get_probe(self._session, self._base + "/health", self._timeouts)
-        except GatewayError:
-            return False
-        return status == 200
+        return await probe_health(self._session, self._base, self._timeouts)
 
     async def load(self) -> BackendLoad:
         """Scrape ``/metrics`` (and ``/info`` once); raises a ``GatewayError`` when it cannot."""
-        status, raw = await get_probe(self._session, self._base + "/metrics", self._timeouts)
-        if status != 200:
-            raise UpstreamError(f"TGI /metrics answered HTTP {status}")
-        try:
-            samples = parse_metrics(raw.decode("utf-8", "replace"), (_QUEUE, _BATCH, _BATCH_TOKENS))
-        except ValueError as exc:
-            raise UpstreamError(f"unparsable TGI /metrics: {exc}") from None
+        samples = await scrape_metrics(self._session, self._base, self._timeouts,
+                                       (_QUEUE, _BATCH, _BATCH_TOKENS), "TGI")
         if self._max_concurrent is None:
             await self._read_info()
         batch_tokens = samples.sum(_BATCH_TOKENS)

@@ -17,14 +17,14 @@ import msgspec
 from backends.engine_http import (
     JSON_HEADERS,
     AdapterTimeouts,
-    get_probe,
     open_event_stream,
+    probe_health,
     relay,
+    scrape_metrics,
 )
 from backends.http_errors import decode_error_body, error_for_status, text_of
 from backends.openai_stream import OpenAiStreamParser
-from backends.prom_text import parse_metrics
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import GatewayError
 from gateway.types import BackendLoad, GenerateRequest, StreamEvent
 
 SIM_FAULT_HEADER = "x-sim-fault"
@@ -62,21 +62,11 @@ class VllmAdapter:
         return relay(events, OpenAiStreamParser(), error_for_report)
 
     async def health(self) -> bool:
-        try:
-            status, _ = await get_probe(self._session, self._base + "/health", self._timeouts)
-        except GatewayError:
-            return False
-        return status == 200
+        return await probe_health(self._session, self._base, self._timeouts)
 
     async def load(self) -> BackendLoad:
         """Scrape ``/metrics``; raises a ``GatewayError`` when the engine cannot be scraped."""
-        status, raw = await get_probe(self._session, self._base + "/metrics", self._timeouts)
-        if status != 200:
-            raise UpstreamError(f"vLLM /metrics answered HTTP {status}")
-        try:
-            samples = parse_metrics(raw.decode("utf-8", "replace"), _METRICS)
-        except ValueError as exc:
-            raise UpstreamError(f"unparsable vLLM /metrics: {exc}") from None
+        samples = await scrape_metrics(self._session, self._base, self._timeouts, _METRICS, "vLLM")
         block_size: int | None = None
         num_blocks: int | None = None
         for labels in samples.label_sets(_CACHE_CONFIG):
