@@ -18,11 +18,18 @@ from gateway.tenancy.store import AdmitPlan, AdmitResult, Ledger, SettleResult
 from policies.ratelimit import Decision, Report
 
 REFRESH_BATCH = 1000  # leases per heartbeat script call
+# A burst of concurrent requests opens as many new connections at once; on a busy event loop their
+# connects can take longer than a command timeout although Redis is fine, and a false outage would
+# switch fail_open replicas to their local limiters (full buckets: overshoot). A refused connection
+# (Redis down) fails at once whatever this is; only an unreachable host waits it out.
+MIN_CONNECT_TIMEOUT_S = 2.0
 
 
 def connect(url: str, timeout_s: float) -> Redis:
-    """A client whose every call fails within about ``timeout_s`` when Redis is down or slow."""
-    client: Redis = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+    """A client whose every call fails within about ``timeout_s`` when Redis is down or slow (a new
+    connection to a host that does not answer at all: within MIN_CONNECT_TIMEOUT_S)."""
+    client: Redis = Redis.from_url(url, socket_timeout=timeout_s,
+                                   socket_connect_timeout=max(timeout_s, MIN_CONNECT_TIMEOUT_S),
                                    retry=Retry(NoBackoff(), 0), retry_on_error=[],
                                    health_check_interval=0, decode_responses=False)
     return client
