@@ -73,7 +73,10 @@ async def serve(settings: GatewaySettings, host: str, port: int) -> None:
         app = create_app(gateway)
         config = uvicorn.Config(app, host=host, port=port, http="httptools", loop="none",
                                 log_level=settings.server.log_level, access_log=False,
-                                timeout_graceful_shutdown=10)
+                                timeout_graceful_shutdown=10,
+                                # Clients keep pooled connections open for a while (aiohttp 15 s,
+                                # loadgen 60 s); uvicorn's 5 s default closed them under their feet.
+                                timeout_keep_alive=75)
         await _Server(config).serve()
     finally:
         for launcher in launchers:
