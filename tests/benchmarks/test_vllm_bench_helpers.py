@@ -58,12 +58,14 @@ def test_dataset_and_command(tmp_path: Path) -> None:
     write_sharegpt_dataset(specs, dataset)
     rows = json.loads(dataset.read_text())
     assert [row["conversations"][0]["value"] for row in rows] == [s.prompt for s in specs]
+    assert [len(row["conversations"][1]["value"].split()) for row in rows] == [s.max_tokens for s in specs]
     command = bench_command(Path("/py"), base_url="http://h:1", model="m", tokenizer=Path("/tok"),
-                            dataset=dataset, num_prompts=3, output_len=4, rate=math.inf, burstiness=1.0,
+                            dataset=dataset, num_prompts=3, output_len=None, rate=math.inf, burstiness=1.0,
                             max_concurrency=2, seed=7, result_dir=tmp_path, result_name="r.json")
     assert command[:5] == ["/py", "-c", DRIVER, "bench", "serve"]
     joined = " ".join(command[3:])
-    for flag in ("--dataset-name sharegpt", "--disable-shuffle", "--sharegpt-output-len 4", "--ignore-eos",
+    assert "--sharegpt-output-len" not in joined  # per request, from the dataset
+    for flag in ("--dataset-name sharegpt", "--disable-shuffle", "--ignore-eos",
                  "--request-rate inf", "--seed 7", "--max-concurrency 2", "--save-detailed"):
         assert flag in joined
     compile(DRIVER, "<driver>", "exec")
