@@ -22,9 +22,9 @@ TENANT = {"name": "acme", "limits": {"requests_per_minute": 1_000_000, "tokens_p
                                       "concurrent_requests": 1000}}
 
 
-async def client_loop(admission: Admission, until: float, outcomes: list[Outcome]) -> None:
+async def client_loop(admission: Admission, until: list[float], outcomes: list[Outcome]) -> None:
     principal = Principal("acme")
-    while time.monotonic() < until:
+    while time.monotonic() < until[0]:
         started = time.monotonic()
         try:
             lease = await asyncio.wait_for(admission.admit(principal, "m", 10, 10), HANG_S)
@@ -40,14 +40,16 @@ async def client_loop(admission: Admission, until: float, outcomes: list[Outcome
 
 async def run_outage(admission: Admission, server: Any) -> tuple[list[Outcome], float, float]:
     outcomes: list[Outcome] = []
-    start = time.monotonic()
-    clients = [asyncio.ensure_future(client_loop(admission, start + 3.5, outcomes)) for _ in range(10)]
+    until = [time.monotonic() + 60.0]
+    clients = [asyncio.ensure_future(client_loop(admission, until, outcomes)) for _ in range(10)]
     await asyncio.sleep(0.8)
     server.kill()
     killed = time.monotonic()
     await asyncio.sleep(1.0)
     await asyncio.to_thread(server.start)
     restarted = time.monotonic()
+    # Run on for a while after the restart, however long the restart took on a loaded machine.
+    until[0] = restarted + 3.0
     await asyncio.gather(*clients)
     return outcomes, killed, restarted
 
@@ -92,7 +94,8 @@ async def test_fail_closed_refuses_quickly_with_503_then_recovers(make_admission
     print(f"\nfail_closed: {len(refusals)} x 503, slowest {max(refusals) * 1000:.1f} ms")
     assert all(latency < HANG_S for latency in refusals)
     assert all(outcome == "ok" for started, outcome, _ in outcomes if started < killed - 0.05)
-    late = [outcome for started, outcome, _ in outcomes if started > restarted + 0.5]
+    # Recovery takes store_retry_s plus reconnecting; allow a loaded machine 1.5 s for it.
+    late = [outcome for started, outcome, _ in outcomes if started > restarted + 1.5]
     assert late and set(late) == {"ok"}
 
 
