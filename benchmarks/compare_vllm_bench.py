@@ -3,10 +3,11 @@
 Both clients run the same workload against the same server: the same prompts (uniform random
 workload: prompts of one-token words, input and output lengths uniform within +-50 % of 256 words
 and 64 tokens, written as a vLLM ``sharegpt`` dataset and sent in order), the same ``max_tokens``
-per request with ``ignore_eos``, the same arrival process (Poisson at a rate,
-or a closed loop at a concurrency) with the same seed -- the load generator's gamma draws are vLLM's,
-so the release schedules are identical. The server runs with prefix caching off, so no run finds
-another's identical prompts cached.
+per request with ``ignore_eos``, the same arrival process (Poisson at a rate, or a closed loop at
+a concurrency) with the same seed -- the load generator's gamma draws are vLLM's, so both release
+requests on the same schedule (checked: ``release_schedule_max_gap_ms`` holds p50/p99/max of the
+gaps; p50 is about 1 ms, the tail is the busy box stalling a client's event loop). The server runs with
+prefix caching off, so no run finds another's identical prompts cached.
 
 Modes (``--mode``, default ``auto``: the closed loop sequential, the open loop concurrent).
 ``sequential``: the clients take turns (ABBA per scenario) with the full load. Unbiased, but on this
@@ -14,19 +15,21 @@ shared 2-core box (load average 3-6 from other people's work) the same tool vari
 one repeat to the next, which can swamp a client difference.
 ``concurrent``: in each repeat both clients run *at the same time*, each with half the load (half
 the concurrency, half the rate), so they measure the same server in the same state and the drift
-of the shared machine cancels. The load generator starts half a request (closed loop) or half a mean
-gap (open loop) after vLLM's client so their requests do not reach the server at the same instant;
-request i of both clients is the same prompt, so TTFTs are also compared pair by pair. This is sound
-for the open loop, whose arrivals do not depend on the server. Two *closed* loops sharing a server
-interact instead: they settle into a phase where one's requests are regularly prefilled before the
-other's, which splits TTFT by 20-35 % between the clients with E2EL equal: seen between vLLM's
-client and ours, and in an A/A run between two identical load generators (TTFT 243 vs 320 ms),
-so it says nothing about the clients. Closed loops are therefore compared sequentially.
+of the shared machine cancels. Open loop: the load generator uses the next seed, so the two
+schedules are independent draws of the same process (one schedule shifted by a stagger would put
+each of our requests in the middle of vLLM's same-numbered request, every time: a systematic
+interference, seen as vLLM's TPOT +17 %); request i of both clients is still the same prompt, so
+TTFTs are also compared pair by pair. Closed loop: two closed loops sharing a server interact; they
+settle into a phase where one's requests are regularly prefilled before the other's, which splits
+TTFT by 20-35 % between the clients with E2EL equal. Seen between vLLM's client and ours, and in an
+A/A run between two identical load generators (TTFT 243 vs 320 ms), so it says nothing about the
+clients: closed loops are compared sequentially.
 
 Written: ``benchmarks/results/loadgen_vs_vllm_bench.json`` (every run's figures, the load average
 around it, the relative differences and the verdict) and a PNG next to it. Also checked exactly:
-both clients count the same prompt and output tokens (from usage), the open-loop release schedules
-match, and ``metrics.aggregate`` recomputes vLLM's own figures from vLLM's per-request measurements
+both clients count the same prompt and output tokens (from usage), each client's open-loop release
+times follow the schedule ``ArrivalProcess`` computes for its seed, and ``metrics.aggregate``
+recomputes vLLM's own figures from vLLM's per-request measurements
 (same definitions, same data: relative differences about 1e-16).
 
 Tolerance (why): the two clients' figures differ by the server's noise between the two samples of
@@ -52,7 +55,6 @@ import asyncio
 import json
 import math
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -61,6 +63,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen.arrivals import ArrivalProcess
+from benchmarks.loadgen.crosscheck import (
+    ABS_TOL_MS,
+    GATED,
+    REL_TOL,
+    compare,
+    paired_ttft,
+    plot,
+    schedule_gap_ms,
+)
 from benchmarks.loadgen.metrics import aggregate
 from benchmarks.loadgen.results import git_state, machine_info
 from benchmarks.loadgen.runner import RunResult, run_load
@@ -79,9 +90,6 @@ from benchmarks.workloads import RequestSpec, UniformRandomWorkload
 from tests.support.vllm_server import SERVER_ENV, VllmInstall, VllmServer, VllmServerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-GATED = ("ttft_mean", "ttft_p50", "tpot_mean", "tpot_p50", "itl_mean", "itl_p50", "e2el_mean", "e2el_p50",
-         "request_throughput", "output_throughput", "total_token_throughput")
-REL_TOL, ABS_TOL_MS = 0.10, 2.0
 MODES = {
     "auto": "closed loop sequential, open loop concurrent (see the module docstring)",
     "concurrent": "both clients run at the same time, each with half the load (half the concurrency, half "
@@ -96,37 +104,6 @@ def wait_for_quiet(max_load: float, max_wait_s: float) -> dict[str, Any]:
     while os.getloadavg()[0] > max_load and time.monotonic() - started < max_wait_s:
         time.sleep(5)
     return {"loadavg": list(os.getloadavg()), "waited_s": round(time.monotonic() - started, 1)}
-
-
-def _spread(values: list[float]) -> float | None:
-    """Run-to-run spread of one tool's repeats: (max - min) / mean."""
-    mean = statistics.fmean(values)
-    return (max(values) - min(values)) / mean if len(values) > 1 and mean else None
-
-
-def compare(vllm_runs: list[dict[str, Any]], loadgen_runs: list[dict[str, Any]]) -> dict[str, Any]:
-    table: dict[str, Any] = {}
-    for name in vllm_runs[0]["figures"]:
-        ours = [r["figures"][name] for r in loadgen_runs if r["figures"][name] is not None]
-        theirs = [r["figures"][name] for r in vllm_runs if r["figures"][name] is not None]
-        if not ours or not theirs:
-            continue
-        reference, measured = statistics.fmean(theirs), statistics.fmean(ours)
-        latency = not name.endswith("throughput")
-        tolerance = max(REL_TOL * abs(reference), ABS_TOL_MS if latency else 0.0)
-        table[name] = {
-            "vllm_bench": reference, "loadgen": measured, "diff": measured - reference,
-            "rel_diff": (measured - reference) / reference if reference else None,
-            "tolerance": tolerance, "gated": name in GATED,
-            "within": abs(measured - reference) <= tolerance,
-            "vllm_bench_runs": theirs, "loadgen_runs": ours,
-            "repeat_spread_rel": {"vllm_bench": _spread(theirs), "loadgen": _spread(ours)},
-        }
-        # The same tool's run-to-run spread: a cross-tool gap below it cannot be told from noise.
-        noise = max(max(v) - min(v) for v in (theirs, ours))
-        table[name]["noise"] = noise
-        table[name]["within_noise"] = abs(measured - reference) <= max(tolerance, noise)
-    return table
 
 
 def _bench_command(args: argparse.Namespace, scenario: dict[str, Any], url: str, model: str, workdir: Path,
@@ -177,7 +154,7 @@ async def _sequential(args: argparse.Namespace, scenario: dict[str, Any], url: s
             env = {**os.environ, **SERVER_ENV}
             run = _vllm_figures(run_bench(command, env, workdir / f"{name}.log", workdir / name))
         else:
-            run = _loadgen_figures(await _loadgen(scenario, url, model, specs, args.seed))
+            run = _loadgen_figures(await _loadgen(scenario, url, model, specs, scenario["loadgen_seed"]))
         run.update({"tool": tool, "repeat": repeat, "wall_s": round(time.monotonic() - began, 1),
                     "before": conditions, "loadavg_after": list(os.getloadavg())})
         runs.append(run)
@@ -202,7 +179,7 @@ async def _concurrent(args: argparse.Namespace, scenario: dict[str, Any], url: s
     try:
         await asyncio.to_thread(wait_for_main_run, process, log)
         await asyncio.sleep(scenario["stagger_s"])
-        outcome = await _loadgen(scenario, url, model, specs, args.seed)
+        outcome = await _loadgen(scenario, url, model, specs, scenario["loadgen_seed"])
         result = await asyncio.to_thread(finish_bench, process, log, workdir / name)
     finally:
         if process.poll() is None:
@@ -215,15 +192,6 @@ async def _concurrent(args: argparse.Namespace, scenario: dict[str, Any], url: s
                   outcome.perf_origin + min(r.start for r in outcome.records) - min(result["start_times"]))}
     return [{**_vllm_figures(result), "tool": "vllm_bench", **common},
             {**_loadgen_figures(outcome), "tool": "loadgen", **common}]
-
-
-def _paired_ttft(vllm_run: dict[str, Any], loadgen_run: dict[str, Any]) -> dict[str, Any]:
-    """Request i of both clients: the same prompt, released at the same offset of each client's
-    schedule (open loop, same seed), i.e. ``stagger_s`` apart."""
-    diffs = sorted(1000 * (ours - theirs) for ours, theirs in zip(loadgen_run["ttfts_s"], vllm_run["ttfts_s"],
-                                                                    strict=True) if ours and theirs)
-    return {"pairs": len(diffs), "median_ms": statistics.median(diffs),
-            "mean_ms": statistics.fmean(diffs), "median_abs_ms": statistics.median(abs(d) for d in diffs)}
 
 
 async def run_scenario(scenario: dict[str, Any], args: argparse.Namespace, url: str, model: str,
@@ -243,9 +211,9 @@ async def run_scenario(scenario: dict[str, Any], args: argparse.Namespace, url: 
                   f"load {run['before']['loadavg'][0]:.2f}", file=sys.stderr)
     vllm_runs = [r for r in runs if r["tool"] == "vllm_bench"]
     loadgen_runs = [r for r in runs if r["tool"] == "loadgen"]
-    schedule_gap = max(abs(a - b) for a, b in zip(vllm_runs[0]["start_offsets_s"],
-                                                   loadgen_runs[0]["start_offsets_s"], strict=False))
-    paired = ([_paired_ttft(v, lg) for v, lg in zip(vllm_runs, loadgen_runs, strict=True)]
+    gaps = {tool: schedule_gap_ms(scenario, [r for r in runs if r["tool"] == tool], seed)
+            for tool, seed in (("vllm_bench", args.seed), ("loadgen", scenario["loadgen_seed"]))}
+    paired = ([paired_ttft(v, lg) for v, lg in zip(vllm_runs, loadgen_runs, strict=True)]
               if scenario["mode"] == "concurrent" and scenario["max_concurrency"] is None else None)
     for run in runs:
         run["start_offsets_s"] = run["start_offsets_s"][:10]  # keep the file small: the first ten
@@ -258,54 +226,11 @@ async def run_scenario(scenario: dict[str, Any], args: argparse.Namespace, url: 
             "same_token_totals": len(totals) == 1, "token_totals": sorted(totals),
             "all_completed": all(r["completed"] == len(specs) and r["failed"] == 0 for r in runs),
             "aggregate_recomputes_vllm_max_rel_diff": max(r["recompute_max_rel_diff"] for r in vllm_runs),
-            "start_schedule_max_gap_ms": schedule_gap * 1000,
+            # open loop: gaps between a client's request starts and the schedule that ArrivalProcess
+            # computes for its seed (both relative to the first request)
+            "release_schedule_max_gap_ms": gaps,
         },
     }
-
-
-def _percent_of(value: float, reference: float) -> float:
-    return 100 * value / abs(reference) if reference else 0.0
-
-
-def plot(document: dict[str, Any], out: Path) -> None:
-    """Per scenario: loadgen vs vllm bench, relative difference of each gated figure, with the
-    tolerance band and the same-tool repeat noise (relative to vllm bench) as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scenarios = document["scenarios"]
-    fig, axes = plt.subplots(1, len(scenarios), figsize=(7 * len(scenarios), 5), squeeze=False)
-    for ax, scenario in zip(axes[0], scenarios, strict=True):
-        rows = [(n, scenario["comparison"][n]) for n in GATED if n in scenario["comparison"]]
-        ys = list(range(len(rows)))
-        diffs = [100 * (row["rel_diff"] or 0.0) for _, row in rows]
-        noise = [_percent_of(row["noise"], row["vllm_bench"]) for _, row in rows]
-        band = [_percent_of(row["tolerance"], row["vllm_bench"]) for _, row in rows]
-        colors = ["tab:green" if row["within"] else "tab:orange" for _, row in rows]
-        ax.barh(ys, diffs, xerr=noise, color=colors, capsize=3, alpha=0.85)
-        for y, width in zip(ys, band, strict=True):
-            ax.fill_betweenx([y - 0.45, y + 0.45], -width, width, color="grey", alpha=0.2, linewidth=0)
-        ax.axvline(0, color="black", linewidth=0.8)
-        ax.set_yticks(ys, [name for name, _ in rows], fontsize="small")
-        ax.invert_yaxis()
-        ax.set_xlabel("loadgen vs vllm bench (%); grey: tolerance; whiskers: same-tool repeat spread")
-        loop = (f"closed loop, concurrency {scenario['max_concurrency']}" if scenario["max_concurrency"]
-                else f"Poisson {scenario['rate']} req/s")
-        ax.set_title(f"{scenario['name']} ({loop})", fontsize="medium")
-        ax.grid(axis="x", alpha=0.3)
-    loads = [run["before"]["loadavg"][0] for scenario in scenarios for run in scenario["runs"]]
-    fig.suptitle(f"load generator vs vllm bench serve: same vLLM CPU server, prompts, seed; 1-min load "
-                 f"{min(loads):.1f}-{max(loads):.1f} at run starts, {document['machine']['cpu_count']} CPUs",
-                 fontsize="medium")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def replot(path: Path) -> None:
-    plot(json.loads(path.read_text()), path.with_suffix(".png"))
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -319,8 +244,12 @@ async def main_async(args: argparse.Namespace) -> int:
     closed_share, open_share = (2 if mode == "concurrent" else 1 for mode in (closed_mode, open_mode))
     scenarios: list[dict[str, Any]] = [
         {"name": "closed-loop", "mode": closed_mode, "rate": math.inf,
-         "max_concurrency": args.concurrency // closed_share},
-        {"name": "poisson", "mode": open_mode, "rate": args.rate / open_share, "max_concurrency": None}]
+         "max_concurrency": args.concurrency // closed_share, "loadgen_seed": args.seed},
+        # Running at once, the clients get independent schedules (another seed): with one schedule
+        # shifted by a stagger, each of our requests would land in the middle of vLLM's same-numbered
+        # request every time, a systematic interference (seen: vLLM's TPOT +17 %).
+        {"name": "poisson", "mode": open_mode, "rate": args.rate / open_share, "max_concurrency": None,
+         "loadgen_seed": args.seed + 1 if open_mode == "concurrent" else args.seed}]
     machine = machine_info()
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="loadgen-vs-vllm-")))
@@ -338,7 +267,7 @@ async def main_async(args: argparse.Namespace) -> int:
                               ArrivalProcess(max_concurrency=args.concurrency), model=model, ignore_eos=True)
         e2el_p50 = warm.aggregate()["e2el_ms"]["p50"] / 1000
         scenarios[0]["stagger_s"] = e2el_p50 / 2 if closed_mode == "concurrent" else 0.0
-        scenarios[1]["stagger_s"] = 0.5 / scenarios[1]["rate"] if open_mode == "concurrent" else 0.0
+        scenarios[1]["stagger_s"] = 0.0
         results = [await run_scenario(s, args, url, model, workdir, install) for s in scenarios]
     gated = [(s["name"], n) for s in results for n, row in s["comparison"].items() if row["gated"]]
     rows = {(s["name"], n): s["comparison"][n] for s in results for n in s["comparison"]}
