@@ -37,11 +37,6 @@ def native_error(error: GatewayError) -> bytes:
     return b"data: " + _encode(error.to_body()) + b"\n\n"
 
 
-def tgi_details(finish_reason: str, generated_tokens: int, seed: int | None) -> dict[str, Any]:
-    return {"finish_reason": finish_reason, "generated_tokens": generated_tokens, "seed": seed,
-            "prefill": [], "tokens": []}
-
-
 def tgi_response(text: str, details: dict[str, Any] | None) -> dict[str, Any]:
     body: dict[str, Any] = {"generated_text": text}
     if details is not None:
