@@ -4,20 +4,13 @@ restart (by PID), both limiter stores, and Admissions built from tenancy config.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import signal
 import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
@@ -25,6 +18,7 @@ from gateway.tenancy import Admission, TenancyConfig
 from gateway.tenancy.memory_store import MemoryLimitStore
 from gateway.tenancy.redis_store import RedisLimitStore, connect
 from gateway.tenancy.store import LimitStore
+from tests.support.redis_server import RedisServer
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -34,41 +28,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-class RedisServer:
-    """A private redis-server (no persistence) on a free port, killed by its own PID."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed"
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(redis.RedisError):
-                if client.ping():
-                    break
-            assert time.monotonic() < deadline, "private redis-server did not start"
-            time.sleep(0.02)
-        client.close()
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        self.process = None
 
 
 @pytest.fixture

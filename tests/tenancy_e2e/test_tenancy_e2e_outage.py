@@ -22,7 +22,8 @@ import redis
 
 from backends.launchers.process import ProcessLauncher
 from gateway.tenancy.keys import generate_key
-from tests.tenancy_e2e.helpers import MODEL, RedisServer, gateways, metric, scrape, unique_prefix
+from tests.support.redis_server import RedisServer
+from tests.tenancy_e2e.helpers import MODEL, gateways, metric, scrape, unique_prefix
 
 HANG_BOUND_S = 2.5  # any request, outage or not: far above the 0.25 s Redis timeout; reaching it is a hang
 REFUSAL_BOUND_S = 1.0  # a fail_closed refusal during the outage
