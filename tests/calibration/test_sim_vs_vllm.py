@@ -20,6 +20,7 @@ installed.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -104,24 +105,40 @@ def agreement(real: ReplayResult, simulated: ReplayResult) -> str:
 
 def queue_gauges(url: str, model: str, max_tokens: int) -> tuple[float, float, float]:
     """Send ``2 * max_num_seqs`` long requests at once and watch /metrics until they all run or wait;
-    the gauges then: (running, waiting, waiting with reason "capacity"). The requests arrive one by one,
-    so the first samples may show fewer waiting; the one with the most waiting is kept."""
-    body = {"model": model, "prompt": " the data", "max_tokens": max_tokens, "ignore_eos": True}
+    the gauges then: (running, waiting, waiting with reason "capacity"). The requests arrive one by one
+    and a new one waits until the next scheduler step, so the sample kept is the first with every
+    request counted and the batch full (or, failing that, the last with the most requests counted).
+
+    Every request and the /metrics polls go over connections opened before the load starts: vLLM 0.32
+    on 2 cores can leave a connection opened while it generates unanswered until it is idle again. The
+    prompt is a dozen tokens: a 2-token prompt as the first request of a fresh vLLM CPU server killed
+    its worker (SIGILL) on this machine's CPU."""
+    body = {"model": model, "prompt": "the data of the queue test, long enough for every kernel",
+            "max_tokens": max_tokens, "ignore_eos": True}
     capacity = re.compile(r'^vllm:num_requests_waiting_by_reason\{[^}]*reason="capacity"[^}]*\} (\S+)$', re.M)
 
-    def send(_: int) -> int:
-        return httpx.post(url + "/v1/completions", json=body, timeout=300).status_code
+    clients = [httpx.Client(base_url=url, timeout=300) for _ in range(2 * MAX_NUM_SEQS + 1)]
+    for client in clients:
+        client.get("/health")
+    metrics, senders = clients[0], clients[1:]
 
-    with ThreadPoolExecutor(2 * MAX_NUM_SEQS) as pool:
-        futures = [pool.submit(send, i) for i in range(2 * MAX_NUM_SEQS)]
+    def send(client: httpx.Client) -> int:
+        return client.post("/v1/completions", json=body).status_code
+
+    with ThreadPoolExecutor(len(senders)) as pool, contextlib.ExitStack() as stack:
+        for client in clients:
+            stack.callback(client.close)
+        futures = [pool.submit(send, client) for client in senders]
         seen = (0.0, 0.0, 0.0)
-        while seen[1] < MAX_NUM_SEQS and not all(f.done() for f in futures):
-            text = httpx.get(url + "/metrics", timeout=10).text
+        while not all(f.done() for f in futures):
+            text = metrics.get("/metrics").text
+            running = metric(text, "vllm:num_requests_running")
             waiting = metric(text, "vllm:num_requests_waiting")
-            if waiting > seen[1]:
+            if running + waiting >= sum(seen[:2]):
                 reason = capacity.search(text)
-                seen = (metric(text, "vllm:num_requests_running"), waiting,
-                        float(reason.group(1)) if reason else -1.0)
+                seen = (running, waiting, float(reason.group(1)) if reason else -1.0)
+            if running + waiting == len(senders) and running >= MAX_NUM_SEQS:
+                break
             time.sleep(0.02)
         assert [f.result() for f in futures] == [200] * len(futures)
     return seen
