@@ -61,7 +61,12 @@ class _BackendBlocks:
         if len(hashes) > generation:
             hashes = hashes[:generation]  # a prefix of a chain is a chain: still prefix-closed
         young = self.young
-        if len(young) + len(hashes) > generation:
+        # Only blocks not already young grow the generation: a hot prefix sent again and again must not
+        # roll the generations (that would drop the old one whole and halve what the index remembers).
+        held = _leading(young, young, hashes) if hashes and hashes[0] in young else 0
+        if held == len(hashes):
+            return
+        if len(young) + len(hashes) - held > generation:
             self.old = young
             self.young = young = {}
         young.update(dict.fromkeys(hashes))

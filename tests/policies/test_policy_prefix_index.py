@@ -59,6 +59,22 @@ def test_recency_keeps_touched_prefixes_and_drops_the_least_recent() -> None:
     assert index.size("x") == 12 and index.stored("x") <= 16
 
 
+def test_a_hot_prefix_sent_again_does_not_roll_the_generations() -> None:
+    index = PrefixIndex(block_chars=8, default_cache_tokens=32, chars_per_token=4.0)  # 2 x 8 blocks
+    a, b = blocks("a" * 32), blocks("b" * 24)  # 4 and 3 blocks: 7 of the young generation's 8
+    index.insert("x", a)
+    index.insert("x", b)
+    for _ in range(10):
+        index.insert("x", a)  # already young: nothing new, so nothing may be dropped
+    assert [index.match("x", chain) for chain in (a, b)] == [4, 3]
+    follow_up = blocks("a" * 32 + "z" * 8)  # one new block fills the generation exactly
+    index.insert("x", follow_up)
+    assert [index.match("x", chain) for chain in (a, b, follow_up)] == [4, 3, 5]
+    c = blocks("c" * 16)
+    index.insert("x", c)  # two new blocks roll the generations; the old one is still consulted
+    assert [index.match("x", chain) for chain in (a, b, c)] == [4, 3, 2]
+
+
 def test_a_chain_longer_than_a_generation_keeps_its_head() -> None:
     index = PrefixIndex(block_chars=8, default_cache_tokens=16, chars_per_token=4.0)  # 8 blocks
     long_chain = blocks("y" * 200)  # 25 blocks
