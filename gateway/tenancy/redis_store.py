@@ -1,5 +1,6 @@
 """The Redis limiter: one EVALSHA per admission and one per settlement, so N gateway replicas share
-exactly one limit. The scripts (gateway/tenancy/lua.py) use Redis ``TIME``. Also builds the Redis
+exactly one limit; the calls made in the same event-loop iteration travel as one pipeline
+(script_batch.py). The scripts (gateway/tenancy/lua.py) use Redis ``TIME``. Also builds the Redis
 client with tight timeouts and no retries, so a failing Redis costs a bounded wait, never a hang
 (the caller decides fail_open or fail_closed).
 """
@@ -14,6 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway.tenancy import lua
+from gateway.tenancy.script_batch import LuaScript, ScriptBatcher
 from gateway.tenancy.store import AdmitPlan, AdmitResult, Ledger, SettleResult
 from policies.ratelimit import Decision, Report
 
@@ -51,8 +53,9 @@ class RedisLimitStore:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._admit = redis.register_script(lua.ADMIT)
-        self._settle = redis.register_script(lua.SETTLE)
+        self._batch = ScriptBatcher(redis)
+        self._admit = LuaScript(redis, lua.ADMIT)
+        self._settle = LuaScript(redis, lua.SETTLE)
         self._refresh = redis.register_script(lua.REFRESH)
 
     async def admit(self, plan: AdmitPlan) -> AdmitResult:
@@ -61,7 +64,7 @@ class RedisLimitStore:
         args: list[str | int] = [plan.lease_id, plan.lease_ttl_us, demand.prompt_tokens,
                                  demand.completion_tokens, 1 if demand.clamp else 0,
                                  demand.min_completion_tokens, *_limit_args(plan.limits)]
-        reply = [int(v) for v in await self._admit(keys=keys, args=args)]
+        reply = [int(v) for v in await self._batch.run(self._admit, keys, args)]
         admitted, now, completion, wait, refused, seq = reply[:6]
         decision = Decision(admitted=admitted == 1, completion_tokens=completion,
                             retry_after_us=None if wait < 0 else wait, refused_index=refused)
@@ -72,7 +75,7 @@ class RedisLimitStore:
         limits = plan.settled_limits
         keys = [p.key for p in limits] + [plan.ledger_key]
         args: list[str | int] = [plan.lease_id, delta_tokens, admitted_us, *_limit_args(limits)]
-        now, seq = (int(v) for v in await self._settle(keys=keys, args=args))
+        now, seq = (int(v) for v in await self._batch.run(self._settle, keys, args))
         return SettleResult(now_us=now, seq=seq)
 
     async def refresh(self, plans: Sequence[AdmitPlan]) -> int:

@@ -1,0 +1,101 @@
+"""The limiter's script batching over real Redis: calls made in one event-loop iteration share one
+pipeline, each caller gets its own reply or error, a script Redis forgot is reloaded, and a broken
+connection fails every call of the batch (a private redis-server for the destructive cases)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from gateway.tenancy.script_batch import LuaScript, ScriptBatcher
+from tests.support.redis_server import RedisServer
+
+ECHO_INCR = "return {ARGV[1], redis.call('INCR', KEYS[1])}"
+FAIL_ON_BAD = "if ARGV[1] == 'bad' then return redis.error_reply('bad argument') end return ARGV[1]"
+
+
+class CountingRedis(Redis):
+    """Real Redis client that counts the pipelines it hands out (how many round trips were batched)."""
+
+    pipelines = 0
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        self.pipelines += 1
+        return super().pipeline(*args, **kwargs)
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[CountingRedis]:
+    client = CountingRedis.from_url("redis://127.0.0.1:6379/0")
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+async def test_calls_of_one_iteration_share_one_pipeline_and_get_their_own_replies(
+        redis: CountingRedis) -> None:
+    batcher = ScriptBatcher(redis)
+    script = LuaScript(redis, ECHO_INCR)
+    key = f"test:batch:{uuid.uuid4().hex}"
+    try:
+        replies = await asyncio.gather(*(batcher.run(script, [key], [f"caller-{i}"]) for i in range(50)))
+        assert redis.pipelines == 1
+        assert [reply[0] for reply in replies] == [f"caller-{i}".encode() for i in range(50)]
+        assert sorted(reply[1] for reply in replies) == list(range(1, 51)), "each script ran once, in order"
+        assert [reply[1] for reply in replies] == list(range(1, 51))
+        alone = await batcher.run(script, [key], ["alone"])
+        assert alone == [b"alone", 51] and redis.pipelines == 1, "a lone call needs no pipeline"
+    finally:
+        await redis.delete(key)
+
+
+async def test_a_failing_script_fails_only_its_caller(redis: CountingRedis) -> None:
+    batcher = ScriptBatcher(redis)
+    script = LuaScript(redis, FAIL_ON_BAD)
+    results = await asyncio.gather(*(batcher.run(script, [], [arg]) for arg in ("a", "bad", "c")),
+                                   return_exceptions=True)
+    assert results[0] == b"a" and results[2] == b"c"
+    assert isinstance(results[1], ResponseError) and "bad argument" in str(results[1])
+
+
+async def test_a_script_redis_forgot_is_loaded_again(private_redis: RedisServer) -> None:
+    client = Redis.from_url(private_redis.url)
+    try:
+        batcher = ScriptBatcher(client)
+        script = LuaScript(client, ECHO_INCR)
+        await client.script_flush()
+        assert await batcher.run(script, ["k"], ["one"]) == [b"one", 1]
+        await client.script_flush()
+        replies = await asyncio.gather(*(batcher.run(script, ["k"], [str(i)]) for i in range(5)))
+        assert [reply[1] for reply in replies] == [2, 3, 4, 5, 6]
+    finally:
+        await client.aclose()
+
+
+async def test_a_broken_connection_fails_every_call_of_the_batch(private_redis: RedisServer) -> None:
+    client = Redis.from_url(private_redis.url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        batcher = ScriptBatcher(client)
+        script = LuaScript(client, ECHO_INCR)
+        assert await batcher.run(script, ["k"], ["warm"]) == [b"warm", 1]
+        private_redis.kill()
+        results = await asyncio.gather(*(batcher.run(script, ["k"], [str(i)]) for i in range(4)),
+                                       return_exceptions=True)
+        assert all(isinstance(result, RedisConnectionError | OSError) for result in results), results
+    finally:
+        await client.aclose()
