@@ -1,0 +1,170 @@
+"""Where the gateway's CPU goes: sample its stacks with py-spy while the overhead benchmark's load runs.
+
+Starts a sim engine (instant steps) pinned to core 1 and the gateway pinned to core 0 with the full
+pipeline (API keys, Redis limits, prefix_affinity, metrics, logs) or with it off, sends a warm-up batch,
+then records the gateway with ``py-spy record --format raw`` (on-CPU samples only: py-spy leaves idle
+threads out) during one batch of non-stream or stream requests. Each sample is attributed to the part
+of the gateway that owns its innermost recognised frame (server, upstream client, adapters, pipeline,
+limits, routing, metrics, event loop...; asyncio's frames count for their caller). Writes
+``benchmarks/results/profile_<pipeline>_<mode>.json`` (the breakdown, the top functions by own
+samples, the collapsed stacks' path) and prints a summary.
+
+Run: ``python -m benchmarks.profile_gateway [--pipeline full|off] [--stream] [--requests N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from backends.launchers.process import free_port
+from benchmarks.overhead import MODEL, RESULTS, batch, gateway_config, start
+
+# Innermost frame first wins: the first rule whose marker is in a frame's file path names the part.
+PARTS: tuple[tuple[str, str], ...] = (
+    ("gateway/tenancy/", "limits and keys"),
+    ("redis/", "limits and keys"),
+    ("policies/", "routing"),
+    ("prometheus_client/", "metrics"),
+    ("gateway/metrics", "metrics"),
+    ("backends/sse", "upstream SSE parse"),
+    ("backends/openai_stream", "upstream SSE parse"),
+    ("backends/tgi_stream", "upstream SSE parse"),
+    ("backends/", "adapters and upstream client"),
+    ("aiohttp/", "adapters and upstream client"),
+    ("yarl/", "adapters and upstream client"),
+    ("multidict/", "adapters and upstream client"),
+    ("gateway/relay", "relay and render"),
+    ("gateway/render", "relay and render"),
+    ("gateway/client_schemas", "request parse"),
+    ("msgspec/", "request parse"),
+    ("gateway/dataplane", "data plane (ASGI)"),
+    ("gateway/pipeline", "pipeline and forwarder"),
+    ("gateway/forwarder", "pipeline and forwarder"),
+    ("gateway/registry", "pipeline and forwarder"),
+    ("gateway/", "gateway other"),
+    ("uvicorn/", "HTTP server (uvicorn)"),
+    ("httptools/", "HTTP server (uvicorn)"),
+    ("logging/", "logging"),
+    ("uvloop/", "event loop and socket I/O (uvloop, native)"),
+)
+# asyncio's frames belong to whoever called them (redis-py's streams, aiohttp's timeouts...); a sample
+# with nothing but asyncio is the loop itself, whose native work (uvloop: sockets, callbacks) py-spy
+# shows as Runner.run.
+LOOP = "event loop and socket I/O (uvloop, native)"
+
+
+def frame_path(frame: str) -> str:
+    """``"func (package/module.py:12)"`` -> ``"package/module.py"``."""
+    inside = frame.rpartition("(")[2]
+    return inside.rpartition(":")[0]
+
+
+def part_of(stack: list[str]) -> str:
+    for frame in reversed(stack):
+        path = frame_path(frame)
+        for marker, part in PARTS:
+            if path.startswith(marker):
+                return part
+    if all(frame_path(frame).startswith(("asyncio/", "<frozen", "runpy")) or "(" not in frame
+           for frame in stack[1:]):
+        return LOOP
+    return "other"
+
+
+def summarize(collapsed: Path, top: int = 25) -> dict[str, Any]:
+    parts: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack_text, _, count_text = line.rpartition(" ")
+        if not stack_text or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        stack = stack_text.split(";")
+        total += count
+        parts[part_of(stack)] += count
+        own[stack[-1]] += count
+    scale = 100 / total if total else 0.0
+    return {
+        "samples": total,
+        "parts_percent": {part: round(n * scale, 1) for part, n in parts.most_common()},
+        "top_own_percent": [[frame, round(n * scale, 1)] for frame, n in own.most_common(top)],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pipeline", choices=("full", "off"), default="full")
+    parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    args = parser.parse_args(argv)
+    mode = "stream" if args.stream else "non-stream"
+    log_dir = Path(tempfile.mkdtemp(prefix="profile-"))
+    engine_port = free_port()
+    engine = start("engine", [sys.executable, "-m", "backends.sim", "--dialect", "vllm", "--model", MODEL,
+                              "--profile", "instant", "--max-num-seqs", "512", "--port", str(engine_port)],
+                   engine_port, log_dir, core=1)
+    try:
+        config, api_key = gateway_config(engine.url, args.pipeline == "full", f"profile-{os.getpid()}:")
+        config_path = log_dir / "gateway.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        port = free_port()
+        command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path),
+                   "--port", str(port)]
+        gateway = start("gateway", command, port, log_dir, core=0)
+        try:
+            assert gateway.process is not None
+            asyncio.run(batch(gateway.url, 200, args.concurrency, args.stream, 0, api_key))
+            collapsed = RESULTS / f"profile_{args.pipeline}_{mode}.collapsed.txt"
+            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+                                    str(gateway.process.pid), "--rate", str(args.rate), "--format", "raw",
+                                    "--output", str(collapsed), "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            time.sleep(1.0)  # py-spy attaches
+            started = time.perf_counter()
+            records = asyncio.run(batch(gateway.url, args.requests, args.concurrency, args.stream, 1,
+                                        api_key))
+            wall = time.perf_counter() - started
+            spy.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
+            spy.wait(30)
+        finally:
+            gateway.stop()
+    finally:
+        engine.stop()
+    summary = summarize(collapsed)
+    result = {
+        "settings": {"pipeline": args.pipeline, "mode": mode, "requests": args.requests,
+                     "concurrency": args.concurrency, "py_spy_rate": args.rate,
+                     "workload": "uniform, 64 words in, 16 tokens out, ignore_eos"},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg": os.getloadavg()},
+        "failed": sum(not r.success for r in records),
+        "wall_s": wall,
+        "collapsed_stacks": collapsed.name,
+        **summary,
+    }
+    out = RESULTS / f"profile_{args.pipeline}_{mode}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("samples", "parts_percent")}, indent=2))
+    for frame, percent in result["top_own_percent"][:15]:
+        print(f"{percent:5.1f}%  {frame}")
+    subprocess.run(["rm", "-rf", str(log_dir)], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
