@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 from litestar import Litestar, Request, Response, get
 from litestar.exceptions import HTTPException
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.dataplane import DataPlane
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError, PayloadTooLargeError
@@ -34,15 +34,19 @@ def _error_response(error: GatewayError) -> Response[bytes]:
     return _json(error.to_body(), error.http_status, error.headers)
 
 
-def create_app(gateway: Gateway) -> DataPlane:
+def create_app(gateway: Gateway, exposition: CollectorRegistry | None = None) -> DataPlane:
     """The whole ASGI app: the raw data plane for generation routes in front of ``control_app``."""
-    return DataPlane(gateway, control_app(gateway))  # type: ignore[arg-type]  # Litestar's scope types
+    control = control_app(gateway, exposition)
+    return DataPlane(gateway, control)  # type: ignore[arg-type]  # Litestar's scope types
 
 
-def control_app(gateway: Gateway) -> Litestar:
+def control_app(gateway: Gateway, exposition: CollectorRegistry | None = None) -> Litestar:
     """Litestar for everything that is not a generation: models, health, readiness, metrics, stats,
-    admin, and the OpenAI-shaped errors of unknown routes."""
+    admin, and the OpenAI-shaped errors of unknown routes. ``/metrics`` renders ``exposition``, by
+    default the gateway's own registry (a worker of ``serve --workers N`` passes one that merges
+    every worker's metrics, see gateway/workers.py)."""
     max_body = gateway.settings.server.max_body_bytes
+    exposed = exposition if exposition is not None else gateway.prometheus
     pipeline = gateway.pipeline
 
     @get("/v1/models")
@@ -63,7 +67,7 @@ def control_app(gateway: Gateway) -> Litestar:
 
     @get("/metrics")
     async def prometheus_metrics() -> Response[bytes]:
-        return Response(content=generate_latest(gateway.prometheus), media_type=CONTENT_TYPE_LATEST)
+        return Response(content=generate_latest(exposed), media_type=CONTENT_TYPE_LATEST)
 
     @get("/stats")
     async def stats() -> Response[bytes]:

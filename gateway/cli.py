@@ -1,24 +1,21 @@
 """The ``llm-gateway`` command and composition root at process level: ``serve`` (launch configured
-sim engines, build the gateway inside the event loop, run it under uvicorn) and ``check-config``."""
+sim engines, build the gateway inside the event loop, run it under uvicorn; with ``--workers N``, N
+supervised worker processes, see gateway/workers.py) and ``check-config``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import uvicorn
-
-from backends.launchers.process import ProcessLauncher, free_port, sim_command
+from backends.launchers.process import ProcessLauncher, _die_with_parent, free_port, sim_command
 from gateway.app import create_app
 from gateway.composition import build_gateway, build_policies
 from gateway.settings import ConfigError, GatewaySettings, embedded_defaults, load_settings
 from gateway.tenancy import keys_command
+from gateway.workers import GatewayServer, WorkersFailed, check_workers, run_workers, server_config
 
 log = logging.getLogger("gateway.cli")
 
@@ -46,38 +43,18 @@ def launch_sims(settings: GatewaySettings, log_dir: Path | None = None) -> tuple
     return urls, launchers
 
 
-class _Server(uvicorn.Server):
-    """uvicorn re-raises a captured SIGTERM/SIGINT after shutdown, which would kill the process before
-    the engines it launched are stopped; here a signal only asks the server to exit."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.handle_exit, sig, None)
-        try:
-            yield
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-
-
-async def serve(settings: GatewaySettings, host: str, port: int) -> None:
+async def serve(settings: GatewaySettings, host: str, port: int, workers: int = 1) -> None:
     urls, launchers = launch_sims(settings)
     try:
         await asyncio.gather(*(launcher.wait_healthy() for launcher in launchers))
         for launcher in launchers:
             log.info("started sim engine %s at %s (pid %s)", launcher.name, launcher.url,
                      launcher.process.pid if launcher.process else "?")
+        if workers > 1:
+            await run_workers(settings, urls, host, port, workers, preexec=_die_with_parent)
+            return
         gateway = build_gateway(settings, urls)
-        app = create_app(gateway)
-        config = uvicorn.Config(app, host=host, port=port, http="httptools", loop="none",
-                                log_level=settings.server.log_level, access_log=False,
-                                timeout_graceful_shutdown=10,
-                                # Clients keep pooled connections open for a while (aiohttp 15 s,
-                                # loadgen 60 s); uvicorn's 5 s default closed them under their feet.
-                                timeout_keep_alive=75)
-        await _Server(config).serve()
+        await GatewayServer(server_config(create_app(gateway), settings, host, port)).serve()
     finally:
         for launcher in launchers:
             launcher.stop()
@@ -98,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--config", help="YAML config file (default: embedded defaults)")
     serve_cmd.add_argument("--host", help="override server.host")
     serve_cmd.add_argument("--port", type=int, help="override server.port")
+    serve_cmd.add_argument("--workers", type=int, help="worker processes (override server.workers, "
+                           "default 1); more than one needs the Redis store when limits are set")
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("config")
     commands.add_parser("keys", help="API key helpers (llm-gateway keys --help)", add_help=False)
@@ -110,10 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-config":
             settings = load_settings(args.config)
             build_policies(settings)
+            check_workers(settings, settings.server.workers)
             print(f"ok: {len(settings.backends)} backends, models: {', '.join(settings.model_names)}")
             return 0
         settings = _settings(args.config)
         build_policies(settings)
+        workers = args.workers if args.workers is not None else settings.server.workers
+        if workers < 1:
+            raise ConfigError(f"--workers must be at least 1, not {workers}")
+        check_workers(settings, workers)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -121,9 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     port = args.port if args.port is not None else settings.server.port
     try:
         import uvloop
-        uvloop.run(serve(settings, host, port))
+        uvloop.run(serve(settings, host, port, workers))
     except KeyboardInterrupt:
         pass
+    except WorkersFailed as exc:
+        log.error("%s", exc)
+        return 1
     return 0
 
 

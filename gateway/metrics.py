@@ -3,14 +3,26 @@
 Request, upstream, policy and failover families are updated on the hot path; backend families
 (health, breaker, in-flight and the engine's own normalized numbers) are read from the registry of
 backends at scrape time. Labels are bounded: model, backend, dialect, outcome, branch, reason; never
-a user id, key or URL."""
+a user id, key or URL.
+
+Under ``serve --workers N`` (gateway/workers.py) every worker keeps its values in prometheus_client's
+multiprocess files, named by worker index, and ``/metrics`` on any worker merges them
+(``WorkersCollector``): counters and histograms are totals over all workers; the backend gauges are
+published by each worker (``BackendGaugePublisher``) as ``gateway_backend_in_flight`` summed over
+live workers, the engine-reported numbers (running, waiting, KV usage, hit ratio, preemptions) as the
+latest any worker scraped, and ``gateway_backend_healthy`` per worker (each worker has its own
+breakers) with a ``worker`` label 0..N-1; the tenancy gauges (store up, active leases, auth enabled)
+are per worker with the same label. Single-process mode has no ``worker`` label."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
+from typing import Literal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from gateway.registry import Registry
@@ -86,3 +98,54 @@ class BackendCollector(Collector):
             if load.preemptions is not None:
                 gauges["preempt"].add_metric(name, load.preemptions)
         yield from gauges.values()
+
+
+GaugeMode = Literal["all", "livesum", "livemostrecent"]
+# How each backend gauge combines over workers; any other is the latest value a worker published.
+_WORKER_MODES: Mapping[str, GaugeMode] = MappingProxyType({
+    "gateway_backend_healthy": "all", "gateway_backend_in_flight": "livesum"})
+
+
+def use_worker_files(worker: int) -> None:
+    """In a worker process, before its first metric exists (PROMETHEUS_MULTIPROC_DIR set): keep values
+    in files named by worker index instead of pid, so gauge series carry a bounded ``worker`` label
+    and a replacement worker continues its predecessor's counters (the supervisor removes only the
+    dead worker's gauge files)."""
+    values.ValueClass = values.MultiProcessValue(lambda: worker)  # type: ignore[no-untyped-call]
+
+
+class BackendGaugePublisher:
+    """Copies this worker's backend gauges (``BackendCollector``) into the multiprocess files, where
+    a scrape answered by any worker reads them."""
+
+    def __init__(self, collector: BackendCollector) -> None:
+        self._collector = collector
+        self._gauges: dict[str, Gauge] = {}
+
+    def publish(self) -> None:
+        for family in self._collector.collect():
+            gauge = self._gauges.get(family.name)
+            if gauge is None:
+                gauge = self._gauges[family.name] = Gauge(
+                    family.name, family.documentation, ["backend"], registry=None,
+                    multiprocess_mode=_WORKER_MODES.get(family.name, "livemostrecent"))
+            for sample in family.samples:
+                gauge.labels(**sample.labels).set(sample.value)
+
+
+class WorkersCollector(Collector):
+    """``/metrics`` of a worker: every worker's multiprocess files merged (after publishing this
+    worker's backend gauges afresh), with prometheus_client's ``pid`` label, which holds the worker
+    index here, renamed ``worker``."""
+
+    def __init__(self, path: str, publisher: BackendGaugePublisher) -> None:
+        self._files = MultiProcessCollector(None, path)  # type: ignore[no-untyped-call]
+        self._publisher = publisher
+
+    def collect(self) -> Iterator[Metric]:
+        self._publisher.publish()
+        for metric in self._files.collect():  # type: ignore[no-untyped-call]
+            metric.samples = [
+                sample._replace(labels={("worker" if k == "pid" else k): v for k, v in sample.labels.items()})
+                for sample in metric.samples]
+            yield metric

@@ -92,12 +92,16 @@ class ServerSettings(_Strict):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     default_model: str | None = None
     log_level: str = "info"
+    # Worker processes sharing the listening socket (``serve --workers`` overrides); see gateway/workers.py.
+    workers: int = Field(default=1, ge=1, le=64)
 
 
 class GatewaySettings(_Strict):
     server: ServerSettings = Field(default_factory=ServerSettings)
     backends: list[BackendConfig] = Field(min_length=1)
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+    # The HTTP client towards the engines; benchmarks/http_clients.py measured both.
+    upstream_client: Literal["aiohttp", "http1"] = "aiohttp"
     health: HealthSettings = Field(default_factory=HealthSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     tenancy: TenancyConfig = Field(default_factory=TenancyConfig)

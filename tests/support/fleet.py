@@ -54,9 +54,11 @@ def gateway_config(backends: list[dict[str, Any]], **sections: Any) -> dict[str,
 
 @contextmanager
 def gateway_server(config: dict[str, Any] | None, log_dir: Path, *, name: str = "gateway",
-                   ready_path: str = "/ready", timeout_s: float = 60.0) -> Iterator[ProcessLauncher]:
+                   ready_path: str = "/ready", timeout_s: float = 60.0,
+                   extra_args: Sequence[str] = ()) -> Iterator[ProcessLauncher]:
+    """``extra_args`` go after ``serve`` (e.g. ``["--workers", "2"]``)."""
     port = free_port()
-    command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), *extra_args]
     if config is not None:
         config_path = log_dir / f"{name}-{port}.yaml"
         config_path.write_text(yaml.safe_dump(config))
