@@ -19,12 +19,12 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import msgspec
 
 from backends.engine_http import (
     JSON_HEADERS,
     AdapterTimeouts,
+    EngineTransport,
     get_probe,
     open_event_stream,
     probe_health,
@@ -62,11 +62,11 @@ class TgiAdapter:
     """One TGI server at ``base_url``. ``max_batch_total_tokens`` (the launcher's
     ``--max-batch-total-tokens``) enables a KV usage estimate; TGI reports no cache numbers itself."""
 
-    def __init__(self, base_url: str, session: aiohttp.ClientSession,
+    def __init__(self, base_url: str, transport: EngineTransport,
                  timeouts: AdapterTimeouts | None = None, *, max_batch_total_tokens: int | None = None,
                  api_key: str | None = None) -> None:
         self._base = base_url.rstrip("/")
-        self._session = session
+        self._transport = transport
         self._timeouts = timeouts or AdapterTimeouts()
         self._max_batch_total_tokens = max_batch_total_tokens
         self._max_concurrent: int | None = None
@@ -95,16 +95,16 @@ class TgiAdapter:
         def error_for_report(payload: dict[str, Any]) -> GatewayError:
             return map_error(payload, None, request.kind)
 
-        events = open_event_stream(self._session, self._base + path, body, headers, self._timeouts,
+        events = open_event_stream(self._transport, self._base + path, body, headers, self._timeouts,
                                    error_for_response)
         return relay(events, parser, error_for_report)
 
     async def health(self) -> bool:
-        return await probe_health(self._session, self._base, self._timeouts)
+        return await probe_health(self._transport, self._base, self._timeouts)
 
     async def load(self) -> BackendLoad:
         """Scrape ``/metrics`` (and ``/info`` once); raises a ``GatewayError`` when it cannot."""
-        samples = await scrape_metrics(self._session, self._base, self._timeouts,
+        samples = await scrape_metrics(self._transport, self._base, self._timeouts,
                                        (_QUEUE, _BATCH, _BATCH_TOKENS), "TGI")
         if self._max_concurrent is None:
             await self._read_info()
@@ -117,7 +117,7 @@ class TgiAdapter:
 
     async def _read_info(self) -> None:
         try:
-            status, raw = await get_probe(self._session, self._base + "/info", self._timeouts)
+            status, raw = await get_probe(self._transport, self._base + "/info", self._timeouts)
             info = msgspec.json.decode(raw) if status == 200 else None
         except (GatewayError, msgspec.DecodeError):
             return  # retried on the next scrape
@@ -129,7 +129,7 @@ class TgiAdapter:
             self._max_batch_total_tokens = info["max_batch_total_tokens"]  # reported by older TGI
 
     async def aclose(self) -> None:
-        """Nothing to release: the session belongs to the composition root, streams close themselves."""
+        """Nothing to release: the transport belongs to the composition root, streams close themselves."""
 
 
 def native_body(request: GenerateRequest) -> bytes:

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import msgspec
 
 from backends.engine_http import (
     JSON_HEADERS,
     AdapterTimeouts,
+    EngineTransport,
     open_event_stream,
     probe_health,
     relay,
@@ -40,12 +40,12 @@ _METRICS = (_RUNNING, _WAITING, _KV_USAGE, _PREFIX_QUERIES, _PREFIX_HITS, _PREEM
 
 
 class VllmAdapter:
-    """One vLLM server at ``base_url`` (e.g. ``http://10.0.0.5:8000``), over the shared ``session``."""
+    """One vLLM server at ``base_url`` (e.g. ``http://10.0.0.5:8000``), over the shared ``transport``."""
 
-    def __init__(self, base_url: str, session: aiohttp.ClientSession,
+    def __init__(self, base_url: str, transport: EngineTransport,
                  timeouts: AdapterTimeouts | None = None, *, api_key: str | None = None) -> None:
         self._base = base_url.rstrip("/")
-        self._session = session
+        self._transport = transport
         self._timeouts = timeouts or AdapterTimeouts()
         self._headers = dict(JSON_HEADERS)
         if api_key:
@@ -57,16 +57,16 @@ class VllmAdapter:
         headers = self._headers
         if request.fault is not None:
             headers = {**headers, SIM_FAULT_HEADER: request.fault}
-        events = open_event_stream(self._session, self._base + path, build_body(request), headers,
+        events = open_event_stream(self._transport, self._base + path, build_body(request), headers,
                                    self._timeouts, error_for_response)
         return relay(events, OpenAiStreamParser(), error_for_report)
 
     async def health(self) -> bool:
-        return await probe_health(self._session, self._base, self._timeouts)
+        return await probe_health(self._transport, self._base, self._timeouts)
 
     async def load(self) -> BackendLoad:
         """Scrape ``/metrics``; raises a ``GatewayError`` when the engine cannot be scraped."""
-        samples = await scrape_metrics(self._session, self._base, self._timeouts, _METRICS, "vLLM")
+        samples = await scrape_metrics(self._transport, self._base, self._timeouts, _METRICS, "vLLM")
         block_size: int | None = None
         num_blocks: int | None = None
         for labels in samples.label_sets(_CACHE_CONFIG):
@@ -87,7 +87,7 @@ class VllmAdapter:
         )
 
     async def aclose(self) -> None:
-        """Nothing to release: the session belongs to the composition root, streams close themselves."""
+        """Nothing to release: the transport belongs to the composition root, streams close themselves."""
 
 
 def build_body(request: GenerateRequest) -> bytes:

@@ -3,10 +3,13 @@ It turns settings into a running ``Gateway``."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import aiohttp
 from prometheus_client import CollectorRegistry
 
-from backends.engine_http import AdapterTimeouts
+from backends.engine_http import AdapterTimeouts, AiohttpTransport, EngineTransport, Http1Transport
+from backends.http1 import Http1Client
 from backends.tgi import TgiAdapter
 from backends.vllm import VllmAdapter
 from gateway.forwarder import Forwarder
@@ -21,12 +24,23 @@ from gateway.types import EngineAdapter
 from policies.base import RoutingPolicy
 from policies.registry import build_policy
 
+KEEPALIVE_S = 30.0  # how long an idle upstream connection stays pooled
 
-def build_adapter(config: BackendConfig, url: str, session: aiohttp.ClientSession,
+
+def build_transport(client: Literal["aiohttp", "http1"]) -> EngineTransport:
+    """The HTTP client towards the engines (``upstream_client``); call inside the running loop."""
+    if client == "http1":
+        return Http1Transport(Http1Client(idle_s=KEEPALIVE_S))
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300,
+                                     keepalive_timeout=KEEPALIVE_S)
+    return AiohttpTransport(aiohttp.ClientSession(connector=connector, auto_decompress=False))
+
+
+def build_adapter(config: BackendConfig, url: str, transport: EngineTransport,
                   timeouts: AdapterTimeouts) -> EngineAdapter:
     if config.dialect == "tgi":
-        return TgiAdapter(url, session, timeouts)
-    return VllmAdapter(url, session, timeouts)
+        return TgiAdapter(url, transport, timeouts)
+    return VllmAdapter(url, transport, timeouts)
 
 
 def build_policies(settings: GatewaySettings) -> dict[str, RoutingPolicy]:
@@ -44,7 +58,7 @@ def build_policies(settings: GatewaySettings) -> dict[str, RoutingPolicy]:
 def build_gateway(settings: GatewaySettings, urls: dict[str, str],
                   prometheus: CollectorRegistry | None = None) -> Gateway:
     """Build a gateway for ``settings``; ``urls`` gives each backend's base URL (launched sims included).
-    Must be called inside the running event loop (it creates the HTTP session)."""
+    Must be called inside the running event loop (it creates the HTTP client)."""
     prometheus = prometheus or CollectorRegistry()
     timeouts = AdapterTimeouts(
         connect_s=settings.timeouts.connect_s,
@@ -52,10 +66,9 @@ def build_gateway(settings: GatewaySettings, urls: dict[str, str],
         idle_s=settings.timeouts.idle_s,
         probe_s=settings.timeouts.probe_s,
     )
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30)
-    session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+    transport = build_transport(settings.upstream_client)
     registry = Registry(
-        Backend(config=b, adapter=build_adapter(b, urls[b.name], session, timeouts), url=urls[b.name],
+        Backend(config=b, adapter=build_adapter(b, urls[b.name], transport, timeouts), url=urls[b.name],
                 failures_to_open=settings.health.failures_to_open)
         for b in settings.backends
     )
@@ -71,5 +84,5 @@ def build_gateway(settings: GatewaySettings, urls: dict[str, str],
         prometheus=prometheus, monitor=HealthMonitor(registry, settings.health.interval_s),
         admission=admission, pipeline=Pipeline(registry, forwarder, admission, metrics),
     )
-    gateway.closers += [session.close, admission.aclose]
+    gateway.closers += [transport.aclose, admission.aclose]
     return gateway

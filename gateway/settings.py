@@ -101,7 +101,7 @@ class GatewaySettings(_Strict):
     backends: list[BackendConfig] = Field(min_length=1)
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     # The HTTP client towards the engines; benchmarks/http_clients.py measured both.
-    upstream_client: Literal["aiohttp", "http1"] = "aiohttp"
+    upstream_client: Literal["aiohttp", "http1"] = "http1"
     health: HealthSettings = Field(default_factory=HealthSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     tenancy: TenancyConfig = Field(default_factory=TenancyConfig)

@@ -25,7 +25,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from backends.engine_http import AdapterTimeouts
+from backends.engine_http import AdapterTimeouts, AiohttpTransport, EngineTransport, Http1Transport
+from backends.http1 import Http1Client
 from backends.tgi import TgiAdapter
 from backends.vllm import VllmAdapter
 
@@ -139,7 +140,7 @@ class Target:
     dialect: str
     model: str
     url: str
-    make: Callable[[aiohttp.ClientSession, AdapterTimeouts], Adapter]
+    make: Callable[[EngineTransport, AdapterTimeouts], Adapter]
     sim: bool  # honours x-sim-fault, deterministic resumable text
     checks_model: bool  # answers an unknown model with 404 (TGI serves one model and ignores the name)
 
@@ -147,8 +148,8 @@ class Target:
 def _target(name: str, dialect: str, model: str, url: str, sim: bool) -> Target:
     adapter_class = VllmAdapter if dialect == "vllm" else TgiAdapter
 
-    def make(session: aiohttp.ClientSession, timeouts: AdapterTimeouts) -> Adapter:
-        return adapter_class(url, session, timeouts)
+    def make(transport: EngineTransport, timeouts: AdapterTimeouts) -> Adapter:
+        return adapter_class(url, transport, timeouts)
 
     return Target(name, dialect, model, url, make, sim, checks_model=dialect == "vllm")
 
@@ -166,7 +167,10 @@ def target(request: pytest.FixtureRequest) -> Target:
     return _target("vllm-real", "vllm", server.model, server.base_url, sim=False)
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
+@pytest.fixture(params=["aiohttp", "http1"])
+async def transport(request: pytest.FixtureRequest) -> AsyncIterator[EngineTransport]:
+    """Every contract test runs over both HTTP clients the gateway can use."""
+    client: EngineTransport = (Http1Transport(Http1Client()) if request.param == "http1"
+                               else AiohttpTransport(aiohttp.ClientSession()))
+    yield client
+    await client.aclose()

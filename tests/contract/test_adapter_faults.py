@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import pytest
 
-from backends.engine_http import AdapterTimeouts
+from backends.engine_http import AdapterTimeouts, EngineTransport
 from gateway.errors import (
     GatewayError,
     UpstreamError,
@@ -44,11 +43,11 @@ def generate_request(target: Target, kind: str, **overrides: Any) -> GenerateReq
     return GenerateRequest(**{**fields, **overrides})
 
 
-async def consume(target: Target, session: aiohttp.ClientSession, request: GenerateRequest,
+async def consume(target: Target, transport: EngineTransport, request: GenerateRequest,
                   timeouts: AdapterTimeouts = PATIENT) -> tuple[list[StreamEvent], GatewayError | None]:
     events: list[StreamEvent] = []
     try:
-        async for event in target.make(session, timeouts).stream(request):
+        async for event in target.make(transport, timeouts).stream(request):
             events.append(event)
     except GatewayError as exc:
         return events, exc
@@ -64,11 +63,11 @@ async def consume(target: Target, session: aiohttp.ClientSession, request: Gener
     ("error-after=3", UpstreamStreamError, True),
     ("drop-after=0", UpstreamError, False),
 ])
-async def test_injected_failures_map_to_gateway_errors(sim_target: Target, session: aiohttp.ClientSession,
+async def test_injected_failures_map_to_gateway_errors(sim_target: Target, transport: EngineTransport,
                                                        kind: str, fault: str, error: type[GatewayError],
                                                        events_first: bool) -> None:
     request = generate_request(sim_target, kind, fault=fault)
-    events, raised = await consume(sim_target, session, request)
+    events, raised = await consume(sim_target, transport, request)
     if kind == "chat" and fault == "drop-after=0" and sim_target.dialect == "vllm":
         error = UpstreamStreamError  # vLLM sends its role chunk before the first token
     assert type(raised) is error and raised.retryable
@@ -76,24 +75,24 @@ async def test_injected_failures_map_to_gateway_errors(sim_target: Target, sessi
 
 
 async def test_no_first_token_in_time_is_a_timeout(sim_target: Target,
-                                                   session: aiohttp.ClientSession) -> None:
+                                                   transport: EngineTransport) -> None:
     request = generate_request(sim_target, "completion", fault="stall-before=5")
-    events, raised = await consume(sim_target, session, request, HASTY)
+    events, raised = await consume(sim_target, transport, request, HASTY)
     assert events == [] and type(raised) is UpstreamTimeoutError
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_stall_mid_stream_is_a_stream_error(sim_target: Target, session: aiohttp.ClientSession,
+async def test_stall_mid_stream_is_a_stream_error(sim_target: Target, transport: EngineTransport,
                                                   kind: str) -> None:
     request = generate_request(sim_target, kind, fault="stall-after=2:5")
-    events, raised = await consume(sim_target, session, request, HASTY)
+    events, raised = await consume(sim_target, transport, request, HASTY)
     assert len(events) >= 2 and type(raised) is UpstreamStreamError
 
 
-async def test_killed_engine_is_unavailable(sim_target: Target, session: aiohttp.ClientSession,
+async def test_killed_engine_is_unavailable(sim_target: Target, transport: EngineTransport,
                                             sim_factory: Callable[..., EngineProcess]) -> None:
     engine = sim_factory(sim_target.dialect)
-    adapter = type(sim_target.make(session, PATIENT))(engine.url, session, PATIENT)
+    adapter = type(sim_target.make(transport, PATIENT))(engine.url, transport, PATIENT)
     assert await adapter.health()
     engine.kill()
     with pytest.raises(UpstreamUnavailableError):
@@ -104,12 +103,12 @@ async def test_killed_engine_is_unavailable(sim_target: Target, session: aiohttp
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_resumed_generation_continues_exactly(sim_target: Target, session: aiohttp.ClientSession,
+async def test_resumed_generation_continues_exactly(sim_target: Target, transport: EngineTransport,
                                                     kind: str) -> None:
-    full, raised = await consume(sim_target, session, generate_request(sim_target, kind))
+    full, raised = await consume(sim_target, transport, generate_request(sim_target, kind))
     assert raised is None
     full_text = "".join(e.text for e in full if isinstance(e, Delta))
-    broken, raised = await consume(sim_target, session,
+    broken, raised = await consume(sim_target, transport,
                                    generate_request(sim_target, kind, fault="drop-after=5"))
     assert type(raised) is UpstreamStreamError
     partial = "".join(e.text for e in broken if isinstance(e, Delta))
@@ -120,6 +119,6 @@ async def test_resumed_generation_continues_exactly(sim_target: Target, session:
                                   messages=[*MESSAGES, {"role": "assistant", "content": partial}])
     else:
         resume = generate_request(sim_target, kind, max_tokens=12 - sent, prompt=PROMPT + partial)
-    rest, raised = await consume(sim_target, session, resume)
+    rest, raised = await consume(sim_target, transport, resume)
     assert raised is None
     assert partial + "".join(e.text for e in rest if isinstance(e, Delta)) == full_text

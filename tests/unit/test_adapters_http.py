@@ -20,7 +20,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from backends.engine_http import AdapterTimeouts
+from backends.engine_http import AdapterTimeouts, AiohttpTransport, EngineTransport, Http1Transport
+from backends.http1 import Http1Client
 from backends.tgi import TgiAdapter
 from backends.vllm import VllmAdapter
 from gateway.errors import (
@@ -114,10 +115,13 @@ async def engine() -> AsyncIterator[FakeEngine]:
     await fake.stop()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
+@pytest.fixture(params=["aiohttp", "http1"])
+async def transport(request: pytest.FixtureRequest) -> AsyncIterator[EngineTransport]:
+    """Every test runs over both HTTP clients the gateway can use."""
+    client: EngineTransport = (Http1Transport(Http1Client()) if request.param == "http1"
+                               else AiohttpTransport(aiohttp.ClientSession()))
+    yield client
+    await client.aclose()
 
 
 def split_randomly(raw: bytes, seed: int = 7) -> list[bytes]:
@@ -130,9 +134,9 @@ async def collect(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
     return [event async for event in events]
 
 
-def make(kind: str, url: str, session: aiohttp.ClientSession,
+def make(kind: str, url: str, transport: EngineTransport,
          timeouts: AdapterTimeouts = PATIENT) -> Adapter:
-    return VllmAdapter(url, session, timeouts) if kind == "vllm" else TgiAdapter(url, session, timeouts)
+    return VllmAdapter(url, transport, timeouts) if kind == "vllm" else TgiAdapter(url, transport, timeouts)
 
 
 def completion_path(kind: str) -> str:
@@ -165,13 +169,13 @@ KINDS = ["vllm", "tgi"]
 # --- vLLM ----------------------------------------------------------------------------------------
 
 async def test_vllm_chat_relays_the_recorded_stream(engine: FakeEngine,
-                                                    session: aiohttp.ClientSession) -> None:
+                                                    transport: EngineTransport) -> None:
     facts = json.loads((DATA / "vllm/chat_stream_usage.json").read_text())
     engine.replies["/v1/chat/completions"] = Reply(chunks=split_randomly(
         (DATA / "vllm/chat_stream_usage.sse").read_bytes()))
     request = GenerateRequest(kind="chat", model="tiny-llama", messages=facts["request"]["messages"],
                               max_tokens=8, temperature=0.0, extra={"ignore_eos": True}, fault="slow")
-    adapter = VllmAdapter(engine.url + "/", session, PATIENT, api_key="k")
+    adapter = VllmAdapter(engine.url + "/", transport, PATIENT, api_key="k")
     events = await collect(adapter.stream(request))
     deltas = [e for e in events if isinstance(e, Delta)]
     assert deltas[0] == Delta(role="assistant", text="") and len(deltas) == facts["choice_events"]
@@ -183,23 +187,23 @@ async def test_vllm_chat_relays_the_recorded_stream(engine: FakeEngine,
     assert seen.headers["x-sim-fault"] == "slow" and seen.headers["Authorization"] == "Bearer k"
 
 
-async def test_vllm_recorded_error_keeps_param(engine: FakeEngine, session: aiohttp.ClientSession) -> None:
+async def test_vllm_recorded_error_keeps_param(engine: FakeEngine, transport: EngineTransport) -> None:
     engine.replies["/v1/completions"] = Reply(
         status=400, content_type="application/json",
         chunks=split_randomly((DATA / "vllm/error_max_tokens.sse").read_bytes(), seed=3))
     with pytest.raises(InvalidRequestError) as caught:
-        await collect(make("vllm", engine.url, session).stream(COMPLETION))
+        await collect(make("vllm", engine.url, transport).stream(COMPLETION))
     assert caught.value.param == "max_tokens" and not caught.value.retryable
 
 
 async def test_vllm_in_stream_error_after_first_event(engine: FakeEngine,
-                                                      session: aiohttp.ClientSession) -> None:
+                                                      transport: EngineTransport) -> None:
     error = {"error": {"message": "engine died", "type": "InternalServerError", "code": 500}}
     engine.replies["/v1/completions"] = Reply(chunks=[token("vllm", "a"),
                                                       b"data: " + json.dumps(error).encode() + b"\n\n"])
     received: list[StreamEvent] = []
     with pytest.raises(UpstreamStreamError, match="engine died"):
-        async for event in make("vllm", engine.url, session).stream(COMPLETION):
+        async for event in make("vllm", engine.url, transport).stream(COMPLETION):
             received.append(event)
     assert received == [Delta(text="a")]
 
@@ -217,10 +221,10 @@ vllm:e2e_request_latency_seconds_bucket{engine="0",le="+Inf",model_name="tiny-ll
 """
 
 
-async def test_vllm_load_and_health(engine: FakeEngine, session: aiohttp.ClientSession) -> None:
+async def test_vllm_load_and_health(engine: FakeEngine, transport: EngineTransport) -> None:
     engine.replies["/metrics"] = Reply(chunks=[VLLM_METRICS.encode()], content_type="text/plain")
     engine.replies["/health"] = Reply(chunks=[], content_type="text/plain")
-    adapter = make("vllm", engine.url, session)
+    adapter = make("vllm", engine.url, transport)
     load = await adapter.load()
     assert (load.running, load.waiting, load.kv_cache_usage) == (2.0, 5.0, 0.125)
     assert (load.prefix_cache_queries, load.prefix_cache_hits, load.preemptions) == (1024.0, 256.0, 1.0)
@@ -233,12 +237,12 @@ async def test_vllm_load_and_health(engine: FakeEngine, session: aiohttp.ClientS
 # --- TGI -----------------------------------------------------------------------------------------
 
 async def test_tgi_completion_uses_generate_stream(engine: FakeEngine,
-                                                   session: aiohttp.ClientSession) -> None:
+                                                   transport: EngineTransport) -> None:
     engine.replies["/generate_stream"] = Reply(chunks=split_randomly(
         (DATA / "tgi/generate_stream_length.sse").read_bytes()))
     request = GenerateRequest(kind="completion", model="m", prompt="What is", max_tokens=7, temperature=0.0,
                               extra={"ignore_eos": True})
-    events = await collect(make("tgi", engine.url, session).stream(request))
+    events = await collect(make("tgi", engine.url, transport).stream(request))
     assert len(events) == 8 and events[-1] == Usage(prompt_tokens=5, completion_tokens=7)
     text = "".join(e.text for e in events if isinstance(e, Delta))
     assert text == " Deep learning is caf\u00e9 \u65e5\u672c \U0001F600"
@@ -246,21 +250,21 @@ async def test_tgi_completion_uses_generate_stream(engine: FakeEngine,
     assert engine.seen[0].body == {"inputs": "What is", "parameters": parameters}
 
 
-async def test_tgi_stop_sequence_is_cut(engine: FakeEngine, session: aiohttp.ClientSession) -> None:
+async def test_tgi_stop_sequence_is_cut(engine: FakeEngine, transport: EngineTransport) -> None:
     engine.replies["/generate_stream"] = Reply(chunks=split_randomly(
         (DATA / "tgi/generate_stream_stop_sequence.sse").read_bytes()))
     request = GenerateRequest(kind="completion", model="m", prompt="Count:", stop=["\n\n"])
-    events = await collect(make("tgi", engine.url, session).stream(request))
+    events = await collect(make("tgi", engine.url, transport).stream(request))
     deltas = [e for e in events if isinstance(e, Delta)]
     assert "".join(d.text for d in deltas) == " one, two, three" and deltas[-1].finish_reason == "stop"
 
 
-async def test_tgi_generation_error_mid_stream(engine: FakeEngine, session: aiohttp.ClientSession) -> None:
+async def test_tgi_generation_error_mid_stream(engine: FakeEngine, transport: EngineTransport) -> None:
     engine.replies["/generate_stream"] = Reply(chunks=[
         (DATA / "tgi/generate_stream_error_generation.sse").read_bytes()])
     received: list[StreamEvent] = []
     with pytest.raises(UpstreamStreamError, match="CUDA out of memory"):
-        async for event in make("tgi", engine.url, session).stream(COMPLETION):
+        async for event in make("tgi", engine.url, transport).stream(COMPLETION):
             received.append(event)
     assert received == [Delta(text=" Once"), Delta(text=" upon")]
 
@@ -269,11 +273,11 @@ async def test_tgi_generation_error_mid_stream(engine: FakeEngine, session: aioh
     ("generate_stream_error_overloaded.sse", UpstreamUnavailableError, None),
     ("generate_stream_error_validation.sse", InvalidRequestError, "max_tokens"),
 ])
-async def test_tgi_error_event_before_any_token(engine: FakeEngine, session: aiohttp.ClientSession, name: str,
+async def test_tgi_error_event_before_any_token(engine: FakeEngine, transport: EngineTransport, name: str,
                                                 error: type[GatewayError], param: str | None) -> None:
     engine.replies["/generate_stream"] = Reply(chunks=[(DATA / "tgi" / name).read_bytes()])
     with pytest.raises(error) as caught:
-        await collect(make("tgi", engine.url, session).stream(COMPLETION))
+        await collect(make("tgi", engine.url, transport).stream(COMPLETION))
     assert caught.value.param == param
 
 
@@ -283,32 +287,32 @@ async def test_tgi_error_event_before_any_token(engine: FakeEngine, session: aio
     (429, {"error": "Model is overloaded", "error_type": "overloaded"}, UpstreamUnavailableError, None),
     (424, {"error": "Request failed during generation", "error_type": "generation"}, UpstreamError, None),
 ])
-async def test_tgi_error_statuses(engine: FakeEngine, session: aiohttp.ClientSession, status: int,
+async def test_tgi_error_statuses(engine: FakeEngine, transport: EngineTransport, status: int,
                                   body: dict[str, str], error: type[GatewayError], param: str | None) -> None:
     engine.replies["/v1/chat/completions"] = Reply(status=status, content_type="application/json",
                                                    chunks=[json.dumps(body).encode()])
     request = GenerateRequest(kind="chat", model="m", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(error) as caught:
-        await collect(make("tgi", engine.url, session).stream(request))
+        await collect(make("tgi", engine.url, transport).stream(request))
     assert type(caught.value) is error and caught.value.param == param
 
 
-async def test_tgi_chat_uses_the_messages_api(engine: FakeEngine, session: aiohttp.ClientSession) -> None:
+async def test_tgi_chat_uses_the_messages_api(engine: FakeEngine, transport: EngineTransport) -> None:
     engine.replies["/v1/chat/completions"] = Reply(chunks=split_randomly(
         (DATA / "tgi/chat_stream_usage.sse").read_bytes()))
     request = GenerateRequest(kind="chat", model="m", messages=[{"role": "user", "content": "x"}],
                               max_tokens=4)
-    events = await collect(make("tgi", engine.url, session).stream(request))
+    events = await collect(make("tgi", engine.url, transport).stream(request))
     assert "".join(e.text for e in events if isinstance(e, Delta)) == "Bonjour \u00e0 tous"
     assert events[-1] == Usage(prompt_tokens=11, completion_tokens=4)
     assert engine.seen[0].body["stream_options"] == {"include_usage": True}
 
 
 async def test_tgi_too_many_stops_never_reach_the_engine(engine: FakeEngine,
-                                                        session: aiohttp.ClientSession) -> None:
+                                                        transport: EngineTransport) -> None:
     request = GenerateRequest(kind="completion", model="m", prompt="p", stop=list("abcde"))
     with pytest.raises(InvalidRequestError) as caught:
-        await collect(make("tgi", engine.url, session).stream(request))
+        await collect(make("tgi", engine.url, transport).stream(request))
     assert caught.value.param == "stop" and engine.seen == []
 
 
@@ -320,11 +324,11 @@ tgi_request_duration_bucket{le="0.1"} 2
 """
 
 
-async def test_tgi_load_reads_info_once(engine: FakeEngine, session: aiohttp.ClientSession) -> None:
+async def test_tgi_load_reads_info_once(engine: FakeEngine, transport: EngineTransport) -> None:
     engine.replies["/metrics"] = Reply(chunks=[TGI_METRICS.encode()], content_type="text/plain")
     engine.replies["/info"] = Reply(chunks=[json.dumps({"model_id": "m", "max_concurrent_requests": 128}
                                                        ).encode()], content_type="application/json")
-    adapter = TgiAdapter(engine.url, session, PATIENT, max_batch_total_tokens=8192)
+    adapter = TgiAdapter(engine.url, transport, PATIENT, max_batch_total_tokens=8192)
     for _ in range(2):
         load = await adapter.load()
         assert (load.running, load.waiting, load.kv_cache_usage, load.max_concurrent) == (4, 3, 0.25, 128)
@@ -334,12 +338,12 @@ async def test_tgi_load_reads_info_once(engine: FakeEngine, session: aiohttp.Cli
 # --- both: failures before and after the first event, cancellation, connection reuse ------------
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_unreachable_engine(kind: str, session: aiohttp.ClientSession) -> None:
+async def test_unreachable_engine(kind: str, transport: EngineTransport) -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     sock.close()
-    adapter = make(kind, url, session)
+    adapter = make(kind, url, transport)
     with pytest.raises(UpstreamUnavailableError):
         await collect(adapter.stream(COMPLETION))
     assert not await adapter.health()
@@ -349,28 +353,28 @@ async def test_unreachable_engine(kind: str, session: aiohttp.ClientSession) -> 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(("status", "error"), [(500, UpstreamError), (503, UpstreamUnavailableError)])
-async def test_server_errors_fail_over(engine: FakeEngine, session: aiohttp.ClientSession, kind: str,
+async def test_server_errors_fail_over(engine: FakeEngine, transport: EngineTransport, kind: str,
                                        status: int, error: type[GatewayError]) -> None:
     engine.replies[completion_path(kind)] = Reply(status=status, content_type="text/plain", chunks=[b"oops"])
     with pytest.raises(error) as caught:
-        await collect(make(kind, engine.url, session).stream(COMPLETION))
+        await collect(make(kind, engine.url, transport).stream(COMPLETION))
     assert type(caught.value) is error and caught.value.retryable
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_no_first_event_in_time(engine: FakeEngine, session: aiohttp.ClientSession, kind: str) -> None:
+async def test_no_first_event_in_time(engine: FakeEngine, transport: EngineTransport, kind: str) -> None:
     engine.replies[completion_path(kind)] = Reply(then="stall")
     with pytest.raises(UpstreamTimeoutError):
-        await collect(make(kind, engine.url, session, HASTY).stream(COMPLETION))
+        await collect(make(kind, engine.url, transport, HASTY).stream(COMPLETION))
     await asyncio.wait_for(engine.client_left.wait(), 10)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_idle_after_first_event(engine: FakeEngine, session: aiohttp.ClientSession, kind: str) -> None:
+async def test_idle_after_first_event(engine: FakeEngine, transport: EngineTransport, kind: str) -> None:
     engine.replies[completion_path(kind)] = Reply(chunks=[token(kind, "a")], then="stall")
     received: list[StreamEvent] = []
     with pytest.raises(UpstreamStreamError):
-        async for event in make(kind, engine.url, session, HASTY).stream(COMPLETION):
+        async for event in make(kind, engine.url, transport, HASTY).stream(COMPLETION):
             received.append(event)
     assert received == [Delta(text="a")]
 
@@ -378,39 +382,39 @@ async def test_idle_after_first_event(engine: FakeEngine, session: aiohttp.Clien
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(("chunks", "error"), [
     ([], UpstreamError), (["a"], UpstreamStreamError)])
-async def test_dropped_connection(engine: FakeEngine, session: aiohttp.ClientSession, kind: str,
+async def test_dropped_connection(engine: FakeEngine, transport: EngineTransport, kind: str,
                                   chunks: list[str], error: type[GatewayError]) -> None:
     engine.replies[completion_path(kind)] = Reply(chunks=[token(kind, c) for c in chunks], then="drop")
     with pytest.raises(error) as caught:
-        await collect(make(kind, engine.url, session).stream(COMPLETION))
+        await collect(make(kind, engine.url, transport).stream(COMPLETION))
     assert type(caught.value) is error and caught.value.retryable
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(("before", "error"), [(0, UpstreamError), (1, UpstreamStreamError)])
-async def test_malformed_event(engine: FakeEngine, session: aiohttp.ClientSession, kind: str, before: int,
+async def test_malformed_event(engine: FakeEngine, transport: EngineTransport, kind: str, before: int,
                                error: type[GatewayError]) -> None:
     chunks = [token(kind, "a")] * before + [b"data: {not json\n\n"]
     engine.replies[completion_path(kind)] = Reply(chunks=chunks)
     with pytest.raises(error) as caught:
-        await collect(make(kind, engine.url, session).stream(COMPLETION))
+        await collect(make(kind, engine.url, transport).stream(COMPLETION))
     assert type(caught.value) is error
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_stream_ending_without_a_finish_is_an_error(engine: FakeEngine, session: aiohttp.ClientSession,
+async def test_stream_ending_without_a_finish_is_an_error(engine: FakeEngine, transport: EngineTransport,
                                                           kind: str) -> None:
     engine.replies[completion_path(kind)] = Reply(chunks=[token(kind, "a")])
     with pytest.raises(UpstreamStreamError, match="ended the stream early"):
-        await collect(make(kind, engine.url, session).stream(COMPLETION))
+        await collect(make(kind, engine.url, transport).stream(COMPLETION))
 
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_closing_the_stream_closes_the_upstream_connection(engine: FakeEngine,
-                                                                session: aiohttp.ClientSession,
+                                                                transport: EngineTransport,
                                                                 kind: str) -> None:
     engine.replies[completion_path(kind)] = Reply(chunks=[token(kind, "a")], then="stall")
-    events = make(kind, engine.url, session).stream(COMPLETION)
+    events = make(kind, engine.url, transport).stream(COMPLETION)
     assert await anext(events) == Delta(text="a")
     await events.aclose()  # type: ignore[attr-defined]
     await asyncio.wait_for(engine.client_left.wait(), 10)
@@ -418,9 +422,9 @@ async def test_closing_the_stream_closes_the_upstream_connection(engine: FakeEng
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_finished_stream_returns_its_connection_to_the_pool(
-        engine: FakeEngine, session: aiohttp.ClientSession, kind: str) -> None:
+        engine: FakeEngine, transport: EngineTransport, kind: str) -> None:
     engine.replies[completion_path(kind)] = Reply(chunks=[token(kind, "a"), *tail(kind)])
-    adapter = make(kind, engine.url, session)
+    adapter = make(kind, engine.url, transport)
     for _ in range(2):
         events = await collect(adapter.stream(COMPLETION))
         assert [e.text for e in events if isinstance(e, Delta)] == ["a", "b"]
@@ -430,8 +434,35 @@ async def test_a_finished_stream_returns_its_connection_to_the_pool(
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_body_left_open_after_the_end_marker_still_completes(
-        engine: FakeEngine, session: aiohttp.ClientSession, kind: str) -> None:
+        engine: FakeEngine, transport: EngineTransport, kind: str) -> None:
     engine.replies[completion_path(kind)] = Reply(chunks=[token(kind, "a"), *tail(kind)], then="stall")
-    events = await collect(make(kind, engine.url, session, HASTY).stream(COMPLETION))
+    events = await collect(make(kind, engine.url, transport, HASTY).stream(COMPLETION))
     assert events[-1] == Usage(prompt_tokens=3, completion_tokens=2)
+    await asyncio.wait_for(engine.client_left.wait(), 10)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_time_the_consumer_holds_an_event_is_not_engine_idle_time(
+        engine: FakeEngine, transport: EngineTransport, kind: str) -> None:
+    engine.replies[completion_path(kind)] = Reply(chunks=[token(kind, "a"), *tail(kind)])
+    events = []
+    async for event in make(kind, engine.url, transport, HASTY).stream(COMPLETION):
+        events.append(event)
+        await asyncio.sleep(0.5)  # longer than HASTY's idle_s
+    assert events[-1] == Usage(prompt_tokens=3, completion_tokens=2)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_cancelling_a_read_is_not_a_timeout(engine: FakeEngine, transport: EngineTransport,
+                                                  kind: str) -> None:
+    engine.replies[completion_path(kind)] = Reply(chunks=[token(kind, "a")], then="stall")
+
+    async def consume() -> list[StreamEvent]:
+        return await collect(make(kind, engine.url, transport, PATIENT).stream(COMPLETION))
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
     await asyncio.wait_for(engine.client_left.wait(), 10)

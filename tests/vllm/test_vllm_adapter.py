@@ -12,6 +12,8 @@ import aiohttp
 import httpx
 import pytest
 
+from backends.engine_http import AiohttpTransport, EngineTransport, Http1Transport
+from backends.http1 import Http1Client
 from backends.vllm import VllmAdapter
 from gateway.errors import InvalidRequestError, NotFoundError, UpstreamUnavailableError
 from gateway.types import Delta, GenerateRequest, StreamEvent, Usage
@@ -23,12 +25,15 @@ MODEL = "tiny-llama"
 FIXED_LENGTH = {"ignore_eos": True}
 
 
-@pytest.fixture
-async def adapter(vllm_server: VllmServer) -> AsyncIterator[VllmAdapter]:
-    async with aiohttp.ClientSession() as session:
-        vllm = VllmAdapter(vllm_server.base_url, session)
-        yield vllm
-        await vllm.aclose()
+@pytest.fixture(params=["aiohttp", "http1"])
+async def adapter(vllm_server: VllmServer, request: pytest.FixtureRequest) -> AsyncIterator[VllmAdapter]:
+    """Over both HTTP clients the gateway can use."""
+    transport: EngineTransport = (Http1Transport(Http1Client()) if request.param == "http1"
+                                  else AiohttpTransport(aiohttp.ClientSession()))
+    vllm = VllmAdapter(vllm_server.base_url, transport)
+    yield vllm
+    await vllm.aclose()
+    await transport.aclose()
 
 
 def chat(content: str, **fields: Any) -> GenerateRequest:
@@ -214,7 +219,7 @@ def engine_counters(text: str) -> dict[str, float]:
 
 async def test_a_dead_server_is_unhealthy_and_fails_over() -> None:
     async with aiohttp.ClientSession() as session:
-        dead = VllmAdapter(f"http://127.0.0.1:{free_port()}", session)
+        dead = VllmAdapter(f"http://127.0.0.1:{free_port()}", AiohttpTransport(session))
         assert not await dead.health()
         with pytest.raises(UpstreamUnavailableError) as raised:
             await collect(dead, completion("hello", max_tokens=2))
