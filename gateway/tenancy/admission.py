@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import secrets
@@ -78,6 +79,10 @@ class Admission:
         # Leases the heartbeat keeps alive, with when they were admitted (monotonic).
         self._live: dict[str, tuple[LimitStore, AdmitPlan, float]] = {}
         self._pending: set[asyncio.Future[Any]] = set()
+        # Lease ids: a random per-process prefix and a counter (unique across replicas without a
+        # urandom call per request).
+        lease_prefix = secrets.token_hex(8)
+        self._lease_ids = (f"{lease_prefix}{n:x}" for n in itertools.count())
         self._background: asyncio.Task[None] | None = None
         self._anonymous = Principal(tenant=config.default_tenant)
         self.metrics.auth_enabled.set(1 if config.auth_enabled else 0)
@@ -180,7 +185,7 @@ class Admission:
         completion = min(max(0, asked), MAX_TOKENS)
         demand = Demand(prompt, completion, tenant.clamp_max_tokens,
                         min(self._config.min_clamped_tokens, completion))
-        plan = AdmitPlan(secrets.token_hex(12), limits, ledger_key(self._config.redis_prefix, tenant.name),
+        plan = AdmitPlan(next(self._lease_ids), limits, ledger_key(self._config.redis_prefix, tenant.name),
                          demand, int(self._config.lease_ttl_s * 1e6))
         started = time.perf_counter()
         attempt = asyncio.ensure_future(self._limiter.admit(plan))
@@ -235,7 +240,9 @@ class Admission:
         return task
 
     async def _settle(self, lease: Lease, actual_tokens: int) -> None:
-        """Called once per lease by Lease.settle; survives the caller's cancellation."""
+        """Called once per lease by Lease.settle; survives the caller's cancellation. A settlement on
+        Redis is not waited for: nothing on the response path needs its answer, and it goes out with
+        the next admission (script_batch.py); ``aclose`` still waits for it."""
         if lease.plan is None or lease.store is None:
             return
         self._live.pop(lease.plan.lease_id, None)
@@ -243,11 +250,15 @@ class Admission:
         delta = actual_tokens - lease.reserved_tokens
         self.metrics.settled_tokens.labels(lease.tenant).inc(actual_tokens)
         self.metrics.refunded_tokens.labels(lease.tenant).inc(max(0, -delta))
-        await asyncio.shield(self._track(self._limiter.settle(lease.store, lease.plan, delta,
-                                                              lease.admitted_us)))
+        settling = self._track(self._limiter.settle(lease.store, lease.plan, delta, lease.admitted_us))
+        if not self._limiter.remote:
+            await asyncio.shield(settling)
 
     async def usage(self, tenant: str) -> Ledger:
-        """Net tokens charged to ``tenant`` and its leases not yet settled (what the store recorded)."""
+        """Net tokens charged to ``tenant`` and its leases not yet settled (what the store recorded,
+        once this process's settlements still on their way have arrived)."""
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=2.0)
         return await self._limiter.ledger(ledger_key(self._config.redis_prefix, tenant))
 
     def _ensure_background(self) -> None:

@@ -1,6 +1,7 @@
 """The Redis limiter: one EVALSHA per admission and one per settlement, so N gateway replicas share
-exactly one limit; the calls made in the same event-loop iteration travel as one pipeline
-(script_batch.py). The scripts (gateway/tenancy/lua.py) use Redis ``TIME``. Also builds the Redis
+exactly one limit; the calls made in the same event-loop iteration travel as one pipeline, and a
+settlement waits (2 ms at most) to ride with the next admission (script_batch.py).
+The scripts (gateway/tenancy/lua.py) use Redis ``TIME``. Also builds the Redis
 client with tight timeouts and no retries, so a failing Redis costs a bounded wait, never a hang
 (the caller decides fail_open or fail_closed).
 """
@@ -75,7 +76,7 @@ class RedisLimitStore:
         limits = plan.settled_limits
         keys = [p.key for p in limits] + [plan.ledger_key]
         args: list[str | int] = [plan.lease_id, delta_tokens, admitted_us, *_limit_args(limits)]
-        now, seq = (int(v) for v in await self._batch.run(self._settle, keys, args))
+        now, seq = (int(v) for v in await self._batch.run(self._settle, keys, args, defer=True))
         return SettleResult(now_us=now, seq=seq)
 
     async def refresh(self, plans: Sequence[AdmitPlan]) -> int:

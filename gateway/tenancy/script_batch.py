@@ -1,5 +1,8 @@
 """Coalesces the limiter's Lua script calls: every EVALSHA asked for during one event-loop iteration
 goes to Redis in one pipeline (one write, one read), and each caller gets its own reply or error.
+A deferrable call (a settlement: nobody waits for its answer on the response path) lingers up to
+``linger_s`` and rides along with the next urgent call (an admission), so under steady load a
+request costs one Redis round trip instead of two.
 
 Why: with redis-py's asyncio client each command costs a connection checkout, a write, a wake-up and a
 read; at a few dozen concurrent requests the admissions and settlements made in the same iteration
@@ -41,23 +44,41 @@ class _Call:
         self.future = future
 
 
+DEFAULT_LINGER_S = 0.002
+
+
 class ScriptBatcher:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, linger_s: float = DEFAULT_LINGER_S) -> None:
         self._redis = redis
+        self._linger_s = linger_s
         self._pending: list[_Call] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._flush_soon = False
+        self._timer: asyncio.TimerHandle | None = None
 
-    async def run(self, script: LuaScript, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        """The script's reply; raises what Redis or the connection raised for this call."""
+    async def run(self, script: LuaScript, keys: Sequence[Arg], args: Sequence[Arg], *,
+                  defer: bool = False) -> Any:
+        """The script's reply; raises what Redis or the connection raised for this call. ``defer``:
+        send it with the next urgent call, or after ``linger_s`` at the latest."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
         self._pending.append(_Call(script, keys, args, future))
+        if not defer:
+            if not self._flush_soon:
+                self._flush_soon = True
+                loop.call_soon(self._flush)
+        elif not self._flush_soon and self._timer is None:
+            self._timer = loop.call_later(self._linger_s, self._flush)
         return await future
 
     def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._flush_soon = False
         batch, self._pending = self._pending, []
+        if not batch:
+            return
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -99,3 +99,33 @@ async def test_a_broken_connection_fails_every_call_of_the_batch(private_redis: 
         assert all(isinstance(result, RedisConnectionError | OSError) for result in results), results
     finally:
         await client.aclose()
+
+
+async def test_a_deferred_call_rides_with_the_next_urgent_one(redis: CountingRedis) -> None:
+    batcher = ScriptBatcher(redis, linger_s=5.0)
+    script = LuaScript(redis, ECHO_INCR)
+    key = f"test:batch:{uuid.uuid4().hex}"
+    try:
+        await batcher.run(script, [key], ["warm"])  # the script is known to Redis from here on
+        deferred = asyncio.ensure_future(batcher.run(script, [key], ["settle"], defer=True))
+        await asyncio.sleep(0.05)
+        assert not deferred.done(), "a deferred call waits for company (or its linger)"
+        urgent = await batcher.run(script, [key], ["admit"])
+        assert (await deferred) == [b"settle", 2] and urgent == [b"admit", 3], "sent first, in order"
+        assert redis.pipelines == 1, "both went in one pipeline"
+    finally:
+        await redis.delete(key)
+
+
+async def test_a_deferred_call_alone_goes_out_after_its_linger(redis: CountingRedis) -> None:
+    batcher = ScriptBatcher(redis, linger_s=0.05)
+    script = LuaScript(redis, ECHO_INCR)
+    key = f"test:batch:{uuid.uuid4().hex}"
+    try:
+        await batcher.run(script, [key], ["warm"])
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await batcher.run(script, [key], ["settle"], defer=True) == [b"settle", 2]
+        assert 0.04 <= loop.time() - started < 1.0
+    finally:
+        await redis.delete(key)
