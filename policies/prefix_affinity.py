@@ -16,7 +16,10 @@ Ties break by ring order of the cold key, so replicas with the same view decide 
 the failover order. ``record`` speculatively inserts the request's blocks into the serving backend's index
 (call it with the same context object given to ``rank``: the prompt's hashes are reused, not recomputed).
 Load is ``in_flight + queue_depth`` per unit of weight; "over the bound" is bounded loads' test
-(``load_bound.py``). The index (``prefix_index.py``) is bounded by each backend's cache size.
+(``load_bound.py``), which a backend never fails while its load with the request is at most
+``bound_min_load`` (8 by default: measured on the affinity benchmark, spilling at a handful of requests
+in flight cost TTFT p90 without buying balance that mattered). The index (``prefix_index.py``) is
+bounded by each backend's cache size.
 """
 
 from __future__ import annotations
@@ -51,6 +54,11 @@ class PrefixAffinityConfig:
     key_blocks: int = 1
     # Bounded loads' c: a backend may hold at most ceil(c * mean) requests (with the new one counted).
     load_factor: float = DEFAULT_LOAD_FACTOR
+    # A backend whose load, the new request counted, is at most this is never over the bound: at a few
+    # requests in flight the bound's ceil(c * mean) is a request or two, and spilling a hot prefix to a
+    # cold engine costs a whole prefill for no queueing saved (cf. SGLang's balance_abs_threshold).
+    # 0: the bound applies at every load.
+    bound_min_load: float = 8.0
     # cost = w_miss * uncached blocks + w_load * load: by default one request of load is worth two
     # blocks (~128 tokens) of prefill.
     w_miss: float = 1.0
@@ -71,6 +79,8 @@ class PrefixAffinityConfig:
             raise ValueError(f"key_blocks must be >= 1, got {self.key_blocks}")
         if self.load_factor < 1.0:
             raise ValueError(f"load_factor must be >= 1.0, got {self.load_factor}")
+        if self.bound_min_load < 0:
+            raise ValueError(f"bound_min_load must be >= 0, got {self.bound_min_load}")
         if self.w_miss < 0 or self.w_load < 0:
             raise ValueError("w_miss and w_load must be >= 0")
         if self.vnodes_per_weight < 1:
@@ -132,6 +142,9 @@ class PrefixAffinity:
         view = self._rings.view(candidates)
         loads = finite_loads([c.in_flight + c.queue_depth for c in candidates])
         eligible = view.bound.eligible(loads)
+        if cfg.bound_min_load > 0:
+            floor = cfg.bound_min_load - 1
+            eligible = [ok or load <= floor for ok, load in zip(eligible, loads, strict=True)]
         matches = self.index.matches(candidates, hashes)
         if context.routing_key:
             position = self.hasher.routing_key(context.model, context.routing_key)

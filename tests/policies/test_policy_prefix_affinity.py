@@ -60,7 +60,7 @@ def test_the_longest_prefix_wins() -> None:
 
 
 def test_a_hot_prefix_spills_when_its_backend_is_over_the_bound() -> None:
-    p = policy()
+    p = policy(bound_min_load=0)  # the bound alone (the default floor of 8 keeps b0 below)
     prompt = TENANT + "q"
     p.index.insert("b0", p.hasher.block_hashes("m", prompt))
     busy = fleet(4, {"b0": 6, "b1": 1, "b2": 1, "b3": 0})  # bound: ceil(1.25 * 9 / 4) = 3
@@ -69,6 +69,17 @@ def test_a_hot_prefix_spills_when_its_backend_is_over_the_bound() -> None:
     assert ranking.order[0].name != "b0" and ranking.order[-1].name == "b0"
     p.record(ranking.order[0].name, ctx(prompt))
     assert p.index.match(ranking.order[0].name, p.hasher.block_hashes("m", prompt)) > 0, "speculative insert"
+
+
+def test_below_bound_min_load_a_hot_prefix_stays_put() -> None:
+    prompt = TENANT + "q"
+    busy = fleet(4, {"b0": 6, "b1": 1, "b2": 1, "b3": 0})  # over the bound of 3 (see above)
+    for min_load, expected in ((7, "hit"), (6, "spill"), (0, "spill")):
+        p = policy(bound_min_load=min_load)
+        p.index.insert("b0", p.hasher.block_hashes("m", prompt))
+        ranking = p.rank(busy, ctx(prompt))
+        assert ranking.branch == expected, (min_load, ranking.branch)
+        assert (ranking.order[0].name == "b0") == (expected == "hit")
 
 
 def test_load_trades_against_a_small_advantage() -> None:
@@ -94,7 +105,7 @@ def test_a_routing_key_sticks_to_one_backend_whatever_the_prompt() -> None:
 
 
 def test_fallback_when_every_backend_is_over_the_bound() -> None:
-    p = policy(load_factor=1.0)
+    p = policy(load_factor=1.0, bound_min_load=0)
     candidates = [
         Candidate("a", queue_depth=2.5),
         Candidate("b", queue_depth=2.4),
@@ -178,7 +189,7 @@ def run_skewed_stream(p: PrefixAffinity, *, use_keys: bool, steps: int = 4000) -
     """Zipf(1.1) tenants, in-flight counters, a steady ~48 requests in flight over 8 backends.
 
     Checks the bounded-load guarantee at every decision: the chosen backend's load after taking the
-    request is at most ceil(c * (total + 1) / n).
+    request is at most ceil(c * (total + 1) / n), or ``bound_min_load`` when that is larger.
     """
     rng = random.Random(5)
     cumulative = zipf_cumulative_weights(200)
@@ -202,22 +213,24 @@ def run_skewed_stream(p: PrefixAffinity, *, use_keys: bool, steps: int = 4000) -
         p.record(chosen, context)
         in_flight[chosen] += 1
         running.append(chosen)
-        bound = ceil(p.config.load_factor * (total + 1) / len(names))
+        bound = max(ceil(p.config.load_factor * (total + 1) / len(names)), p.config.bound_min_load)
         worst_excess = max(worst_excess, in_flight[chosen] - bound)
         assert in_flight[chosen] <= bound
         mean_after = (total + 1) / len(names)
-        assert max(in_flight.values()) <= ceil(p.config.load_factor * mean_after) + 1
+        assert max(in_flight.values()) <= max(ceil(p.config.load_factor * mean_after),
+                                              p.config.bound_min_load) + 1
     assert worst_excess <= 0
     return branches
 
 
 def test_bounded_load_holds_under_a_zipf_prompt_stream() -> None:
-    branches = run_skewed_stream(policy(), use_keys=False)
-    assert branches["hit"] > 0 and branches["cold"] > 0
-    assert branches["spill"] > 0, "the hottest tenant must spill, not melt one backend"
-    assert branches["fallback"] == 0
+    for min_load in (0, 8):  # 6 in flight per backend on average: the floor of 8 changes decisions
+        branches = run_skewed_stream(policy(bound_min_load=min_load), use_keys=False)
+        assert branches["hit"] > 0 and branches["cold"] > 0
+        assert branches["spill"] > 0, "the hottest tenant must spill, not melt one backend"
+        assert branches["fallback"] == 0
 
 
 def test_bounded_load_holds_under_a_zipf_routing_key_stream() -> None:
-    branches = run_skewed_stream(policy(), use_keys=True)
+    branches = run_skewed_stream(policy(bound_min_load=0), use_keys=True)
     assert set(branches) == {"key"}
