@@ -1,0 +1,144 @@
+"""Which ASGI server costs the gateway least: uvicorn (httptools, uvloop) against granian, serving the same
+minimal raw ASGI app (a 100-byte JSON answer to a POST), each pinned to core 0, driven by the gateway's
+own HTTP/1.1 client pinned to core 1 (closed loop, keep-alive, concurrency 1, 16 and 64).
+
+Reported: server CPU ms per request (the server's whole process tree, from /proc) and requests per
+second. granian is optional (``pip install -e '.[bench]'``); without it only uvicorn is measured.
+Writes benchmarks/results/asgi_servers.json and .png. Run: ``python -m benchmarks.asgi_servers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from backends.launchers.process import free_port
+
+RESULTS = Path(__file__).resolve().parent / "results"
+APP = "benchmarks.asgi_hello:app"
+CLIENT = """
+import asyncio, sys, uvloop
+from backends.http1 import Http1Client
+async def main(url, n, c):
+    client = Http1Client()
+    async def worker(k):
+        for _ in range(k):
+            response = await client.request("POST", url, body=b'{"prompt":"hi"}',
+                                            headers={"content-type": "application/json"})
+            await response.read()
+    await asyncio.gather(*(worker(n // c) for _ in range(c)))
+    await client.aclose()
+uvloop.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+"""
+
+
+def server_command(server: str, port: int) -> list[str]:
+    if server == "uvicorn":
+        return [sys.executable, "-c",
+                "import uvicorn; uvicorn.run('" + APP + f"', host='127.0.0.1', port={port}, http='httptools',"
+                " loop='uvloop', log_level='warning', access_log=False, proxy_headers=False)"]
+    granian = shutil.which("granian") or str(Path(sys.executable).with_name("granian"))
+    return [granian, "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--runtime-threads", "1", "--loop", "uvloop", "--log-level", "warning", "--no-ws", APP]
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and its descendants (granian serves from a child process)."""
+    pids, total = [pid], 0
+    while pids:
+        current = pids.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        pids += [int(child) for child in children]
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def drive(url: str, requests: int, concurrency: int, quiet: bool = False) -> float:
+    started = time.perf_counter()
+    subprocess.run(["taskset", "-c", "1", sys.executable, "-c", CLIENT, url, str(requests), str(concurrency)],
+                   check=True, stderr=subprocess.DEVNULL if quiet else None)
+    return time.perf_counter() - started
+
+
+def measure(server: str, requests: int, concurrencies: tuple[int, ...]) -> list[dict[str, Any]]:
+    port = free_port()
+    process = subprocess.Popen(["taskset", "-c", "0", *server_command(server, port)])
+    url = f"http://127.0.0.1:{port}/v1/completions"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                drive(url, 16, 1, quiet=True)  # refused until the server listens
+                break
+            except subprocess.CalledProcessError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        drive(url, 2000, 16)  # warm up
+        rows = []
+        for concurrency in concurrencies:
+            before = tree_cpu_s(process.pid)
+            wall = drive(url, requests, concurrency)
+            cpu = tree_cpu_s(process.pid) - before
+            rows.append({"server": server, "concurrency": concurrency, "requests": requests,
+                         "cpu_ms_per_request": 1000 * cpu / requests, "requests_per_s": requests / wall})
+            print(json.dumps(rows[-1]), file=sys.stderr)
+        return rows
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for server in sorted({r["server"] for r in rows}):
+        points = [r for r in rows if r["server"] == server]
+        ax.plot([r["concurrency"] for r in points], [r["cpu_ms_per_request"] for r in points], marker="o",
+                label=server)
+    ax.set(xscale="log", xlabel="concurrency", ylabel="server CPU ms / request",
+           title="Minimal ASGI app, server pinned to one core")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--out", type=Path, default=RESULTS / "asgi_servers.json")
+    args = parser.parse_args(argv)
+    servers = ["uvicorn"]
+    if shutil.which("granian") or Path(sys.executable).with_name("granian").exists():
+        servers.append("granian")
+    load_start = os.getloadavg()
+    rows = [row for server in servers for row in measure(server, args.requests, (1, 16, 64))]
+    result = {"settings": {"requests": args.requests, "app": APP, "client": "backends.http1, core 1",
+                           "servers": servers},
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                          "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
+              "runs": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    plot(rows, args.out.with_suffix(".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
