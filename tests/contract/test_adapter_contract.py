@@ -186,7 +186,13 @@ async def test_closing_the_stream_aborts_the_engine_request(
     events = adapter.stream(generate_request(target, kind, max_tokens=1500))
     received = [await anext(events) for _ in range(3)]
     assert all(isinstance(e, Delta) for e in received)
-    assert (await adapter.load()).running == 1
+    # vLLM publishes its gauges a moment after the tokens: watch for the request to show as running.
+    for _ in range(50):
+        if (await adapter.load()).running == 1:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the streaming request never showed as running")
     await events.aclose()  # type: ignore[attr-defined]
     for _ in range(300):
         if (await adapter.load()).running == 0:
