@@ -22,13 +22,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from backends.engine_http import AdapterTimeouts, AiohttpTransport, EngineTransport, Http1Transport
-from backends.http1 import Http1Client
+from backends.engine_http import AdapterTimeouts, EngineTransport
 from backends.tgi import TgiAdapter
 from backends.vllm import VllmAdapter
+from gateway.composition import build_transport
 
 ROOT = Path(__file__).resolve().parents[2]
 SIM_MODEL = "sim-contract"
@@ -170,7 +169,6 @@ def target(request: pytest.FixtureRequest) -> Target:
 @pytest.fixture(params=["aiohttp", "http1"])
 async def transport(request: pytest.FixtureRequest) -> AsyncIterator[EngineTransport]:
     """Every contract test runs over both HTTP clients the gateway can use."""
-    client: EngineTransport = (Http1Transport(Http1Client()) if request.param == "http1"
-                               else AiohttpTransport(aiohttp.ClientSession()))
+    client: EngineTransport = build_transport(request.param)
     yield client
     await client.aclose()

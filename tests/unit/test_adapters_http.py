@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
-from backends.engine_http import AdapterTimeouts, AiohttpTransport, EngineTransport, Http1Transport
-from backends.http1 import Http1Client
+from backends.engine_http import AdapterTimeouts, EngineTransport
 from backends.tgi import TgiAdapter
 from backends.vllm import VllmAdapter
+from gateway.composition import build_transport
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -118,8 +117,7 @@ async def engine() -> AsyncIterator[FakeEngine]:
 @pytest.fixture(params=["aiohttp", "http1"])
 async def transport(request: pytest.FixtureRequest) -> AsyncIterator[EngineTransport]:
     """Every test runs over both HTTP clients the gateway can use."""
-    client: EngineTransport = (Http1Transport(Http1Client()) if request.param == "http1"
-                               else AiohttpTransport(aiohttp.ClientSession()))
+    client: EngineTransport = build_transport(request.param)
     yield client
     await client.aclose()
 

@@ -12,9 +12,9 @@ import aiohttp
 import httpx
 import pytest
 
-from backends.engine_http import AiohttpTransport, EngineTransport, Http1Transport
-from backends.http1 import Http1Client
+from backends.engine_http import AiohttpTransport, EngineTransport
 from backends.vllm import VllmAdapter
+from gateway.composition import build_transport
 from gateway.errors import InvalidRequestError, NotFoundError, UpstreamUnavailableError
 from gateway.types import Delta, GenerateRequest, StreamEvent, Usage
 from tests.support.vllm_server import VllmServer, free_port
@@ -28,8 +28,7 @@ FIXED_LENGTH = {"ignore_eos": True}
 @pytest.fixture(params=["aiohttp", "http1"])
 async def adapter(vllm_server: VllmServer, request: pytest.FixtureRequest) -> AsyncIterator[VllmAdapter]:
     """Over both HTTP clients the gateway can use."""
-    transport: EngineTransport = (Http1Transport(Http1Client()) if request.param == "http1"
-                                  else AiohttpTransport(aiohttp.ClientSession()))
+    transport: EngineTransport = build_transport(request.param)
     vllm = VllmAdapter(vllm_server.base_url, transport)
     yield vllm
     await vllm.aclose()
