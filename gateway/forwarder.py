@@ -59,9 +59,14 @@ class Completion:
         self.usage = usage
 
 
+def prompt_text(request: GenerateRequest) -> str:
+    """The prompt as routing and token estimates see it (chat messages canonicalized)."""
+    return canonical_chat(request.messages) if request.messages is not None else request.prompt
+
+
 def routing_context(request: GenerateRequest, routing_key: str | None) -> RoutingContext:
-    prompt = canonical_chat(request.messages) if request.messages is not None else request.prompt
-    return RoutingContext(model=request.model, prompt=prompt, routing_key=routing_key or request.user)
+    return RoutingContext(model=request.model, prompt=prompt_text(request),
+                          routing_key=routing_key or request.user)
 
 
 class Forwarder:

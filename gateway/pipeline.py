@@ -8,22 +8,17 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-from gateway.forwarder import Attempt, Completion, Forwarder
+from gateway.forwarder import Attempt, Completion, Forwarder, prompt_text
 from gateway.metrics import GatewayMetrics
 from gateway.registry import Registry
 from gateway.tenancy import Admission, Lease, Principal, estimate_tokens
 from gateway.types import GenerateRequest, Usage
-from policies.prefix_hash import canonical_chat
 
 ROUTING_KEY_HEADER = "x-session-id"
 
 # Called once when a stream ends: backend, engine usage (None if never reported), outcome, and the
 # number of text chunks relayed (the usage estimate when the engine reported none).
 OnDone = Callable[[str, Usage | None, str, int], Awaitable[None]]
-
-
-def prompt_text(request: GenerateRequest) -> str:
-    return canonical_chat(request.messages) if request.messages is not None else request.prompt
 
 
 class Pipeline:
