@@ -176,23 +176,20 @@ async def test_health_and_load_report_numbers(target: Target, transport: EngineT
 async def test_closing_the_stream_aborts_the_engine_request(
         target: Target, transport: EngineTransport, kind: str,
         sim_factory: Callable[..., EngineProcess]) -> None:
+    if not target.sim:
+        # On real vLLM 0.32 (2 cores) /metrics read "0 running" for 5 s mid-stream in 3 of 8 CI runs'
+        # cases, and the request ends by itself in ~4 s anyway, so this gauge-based check proves
+        # nothing there. tests/vllm/test_vllm_adapter.py proves the abort on real vLLM over both
+        # transports by counting the tokens vLLM generated (far fewer than 1,500, none finished by length).
+        pytest.skip("proven on real vLLM by tests/vllm/test_vllm_adapter.py (token counts)")
     adapter = target.make(transport, PATIENT)
-    if target.sim:  # a sim whose steps take long enough that the request surely still runs
-        engine = sim_factory(target.dialect, "--step-overhead", "0.2")
-        adapter = type(adapter)(engine.url, transport, PATIENT)
-    # Two pooled connections before the stream takes one: vLLM 0.32 on 2 cores can leave a connection
-    # opened while it generates unanswered until it is idle, and then /metrics would say 0 running.
-    await asyncio.gather(adapter.load(), adapter.load())
+    # A sim whose steps take long enough that the request surely still runs.
+    engine = sim_factory(target.dialect, "--step-overhead", "0.2")
+    adapter = type(adapter)(engine.url, transport, PATIENT)
     events = adapter.stream(generate_request(target, kind, max_tokens=1500))
     received = [await anext(events) for _ in range(3)]
     assert all(isinstance(e, Delta) for e in received)
-    # vLLM publishes its gauges a moment after the tokens: watch for the request to show as running.
-    for _ in range(50):
-        if (await adapter.load()).running == 1:
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("the streaming request never showed as running")
+    assert (await adapter.load()).running == 1
     await events.aclose()  # type: ignore[attr-defined]
     for _ in range(300):
         if (await adapter.load()).running == 0:
