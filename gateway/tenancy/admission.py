@@ -32,7 +32,7 @@ from gateway.tenancy.limiter import Limiter, StoreHealth
 from gateway.tenancy.memory_store import MemoryLimitStore
 from gateway.tenancy.metrics import TenancyMetrics
 from gateway.tenancy.planner import ledger_key, plan_limits
-from gateway.tenancy.redis_store import RedisLimitStore, connect
+from gateway.tenancy.redis_store import RedisLimitStore, connect, fast_pipeline
 from gateway.tenancy.refusal import refusal_message
 from gateway.tenancy.store import STORE_ERRORS, AdmitPlan, AdmitResult, Ledger, LimitStore
 from policies.ratelimit import Demand, LimitKind
@@ -65,6 +65,7 @@ class Admission:
             config.redis_url, config.redis_timeout_s)
         fail_open = config.on_store_failure == "fail_open"
         self._health: StoreHealth | None = None
+        self._redis_store: RedisLimitStore | None = None
         repository: KeyRepository = MemoryKeyRepository()
         primary: LimitStore = MemoryLimitStore()
         fallback: LimitStore | None = None
@@ -72,7 +73,11 @@ class Admission:
             self._health = StoreHealth(self.metrics, self._logger, retry_s=config.store_retry_s,
                                        mode=config.on_store_failure, on_down=self._drop_idle_connections)
             repository = RedisKeyRepository(self._redis, config.redis_prefix)
-            primary, fallback = RedisLimitStore(self._redis), (primary if fail_open else None)
+            # The lean pipelined connection only beside a client this builds from the same URL.
+            pipeline = fast_pipeline(config.redis_url, config.redis_timeout_s) if self._owns_redis else None
+            redis_store = RedisLimitStore(self._redis, pipeline)
+            self._redis_store = redis_store
+            primary, fallback = redis_store, (primary if fail_open else None)
         self._limiter = Limiter(primary, fallback, self._health, self.metrics, mode=config.on_store_failure)
         self.keys = KeyStore(config.keys, repository, cache_ttl_s=config.key_cache_ttl_s,
                              use_stale_on_error=fail_open, on_store_error=self._key_store_failed)
@@ -298,5 +303,7 @@ class Admission:
             await asyncio.wait(self._pending, timeout=2.0)
         with contextlib.suppress(*STORE_ERRORS):
             await self.keys.flush_last_used()
+        if self._redis_store is not None:
+            await self._redis_store.aclose()
         if self._owns_redis and self._redis is not None:
             await self._redis.aclose()

@@ -16,6 +16,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway.tenancy import lua
+from gateway.tenancy.resp import RespPipeline
 from gateway.tenancy.script_batch import LuaScript, ScriptBatcher
 from gateway.tenancy.store import AdmitPlan, AdmitResult, Ledger, SettleResult
 from policies.ratelimit import Decision, Report
@@ -38,6 +39,13 @@ def connect(url: str, timeout_s: float) -> Redis:
     return client
 
 
+def fast_pipeline(url: str, timeout_s: float) -> RespPipeline | None:
+    """The limiter's lean connection for ``url`` with ``connect``'s timeouts (None: a URL it does not
+    speak, such as rediss:// or unix://; redis-py then carries the scripts too)."""
+    return RespPipeline.from_url(url, timeout_s=timeout_s,
+                                 connect_timeout_s=max(timeout_s, MIN_CONNECT_TIMEOUT_S))
+
+
 def _report(limit: int, remaining: int, reset_us: int) -> Report | None:
     return None if limit < 0 else Report(limit, remaining, reset_us)
 
@@ -52,9 +60,12 @@ def _limit_args(plan_limits: Sequence[Any]) -> list[int]:
 class RedisLimitStore:
     name = "redis"
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, pipeline: RespPipeline | None = None) -> None:
+        """``pipeline``: the lean connection for admissions and settlements (else redis-py's pipeline);
+        it must reach the same Redis as ``redis``."""
         self._redis = redis
-        self._batch = ScriptBatcher(redis)
+        self._pipeline = pipeline
+        self._batch = ScriptBatcher(redis, pipeline=pipeline)
         self._admit = LuaScript(redis, lua.ADMIT)
         self._settle = LuaScript(redis, lua.SETTLE)
         self._refresh = redis.register_script(lua.REFRESH)
@@ -94,4 +105,5 @@ class RedisLimitStore:
         return Ledger(charged_tokens=int(charged or 0), open_leases=int(open_leases or 0))
 
     async def aclose(self) -> None:
-        return None
+        if self._pipeline is not None:
+            await self._pipeline.aclose()

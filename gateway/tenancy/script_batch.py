@@ -9,6 +9,9 @@ read; at a few dozen concurrent requests the admissions and settlements made in 
 share all of that. Exactness is unchanged: Redis runs each script atomically, in the order sent, as it
 would for separate calls. A lone call goes straight out. A script Redis no longer knows (restarted or
 flushed: ``NOSCRIPT``, which means it did not run) is loaded and that call sent again.
+
+The batches go over a ``RespPipeline`` (resp.py: one pipelined connection, hiredis) when one is given,
+else over redis-py's pipeline.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
+
+from gateway.tenancy.resp import RespPipeline
 
 Arg = str | int | bytes
 
@@ -48,19 +53,25 @@ DEFAULT_LINGER_S = 0.002
 
 
 class ScriptBatcher:
-    def __init__(self, redis: Redis, linger_s: float = DEFAULT_LINGER_S) -> None:
+    def __init__(self, redis: Redis, linger_s: float = DEFAULT_LINGER_S,
+                 pipeline: RespPipeline | None = None) -> None:
         self._redis = redis
+        self._pipeline = pipeline
         self._linger_s = linger_s
         self._pending: list[_Call] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._flush_soon = False
         self._timer: asyncio.TimerHandle | None = None
+        # Looked up once: on Python 3.11 every get_running_loop() is a getpid() system call.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self, script: LuaScript, keys: Sequence[Arg], args: Sequence[Arg], *,
                   defer: bool = False) -> Any:
         """The script's reply; raises what Redis or the connection raised for this call. ``defer``:
         send it with the next urgent call, or after ``linger_s`` at the latest."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append(_Call(script, keys, args, future))
         if not defer:
@@ -79,7 +90,8 @@ class ScriptBatcher:
         batch, self._pending = self._pending, []
         if not batch:
             return
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+        assert self._loop is not None
+        task = self._loop.create_task(self._send(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -102,6 +114,8 @@ class ScriptBatcher:
                 call.future.set_result(reply)
 
     async def _execute(self, batch: list[_Call]) -> list[Any]:
+        if self._pipeline is not None:
+            return await self._execute_resp(self._pipeline, batch)
         if len(batch) == 1:
             return [await self._evalsha(batch[0])]
         pipe = self._redis.pipeline(transaction=False)
@@ -116,9 +130,22 @@ class ScriptBatcher:
                     replies[index] = error
         return replies
 
+    async def _execute_resp(self, pipeline: RespPipeline, batch: list[_Call]) -> list[Any]:
+        replies = await pipeline.execute([_evalsha_command(call) for call in batch])
+        for index, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                call = batch[index]
+                _, replies[index] = await pipeline.execute([("SCRIPT", "LOAD", call.script.source),
+                                                            _evalsha_command(call)])
+        return replies
+
     async def _evalsha(self, call: _Call) -> Any:
         try:
             return await self._redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
         except NoScriptError:
             await self._redis.script_load(call.script.source)
             return await self._redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+
+
+def _evalsha_command(call: _Call) -> tuple[Arg, ...]:
+    return ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from gateway.tenancy import Admission, TenancyConfig
 from gateway.tenancy.memory_store import MemoryLimitStore
-from gateway.tenancy.redis_store import RedisLimitStore, connect
+from gateway.tenancy.redis_store import RedisLimitStore, connect, fast_pipeline
 from gateway.tenancy.store import LimitStore
 from tests.support.redis_server import RedisServer
 
@@ -57,11 +57,16 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
         server.kill()
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest, shared_redis: Redis) -> LimitStore:
+@pytest.fixture(params=["memory", "redis", "redis-resp"])
+async def store(request: pytest.FixtureRequest, shared_redis: Redis) -> AsyncIterator[LimitStore]:
+    """Each limit store; Redis both with redis-py carrying the scripts and with the lean connection."""
     if request.param == "memory":
-        return MemoryLimitStore()
-    return RedisLimitStore(shared_redis)
+        yield MemoryLimitStore()
+        return
+    pipeline = fast_pipeline(SHARED_REDIS, 5.0) if request.param == "redis-resp" else None
+    redis_store = RedisLimitStore(shared_redis, pipeline)
+    yield redis_store
+    await redis_store.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])

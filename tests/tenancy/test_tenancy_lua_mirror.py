@@ -12,9 +12,10 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.tenancy.memory_store import MemoryLimitStore
-from gateway.tenancy.redis_store import RedisLimitStore
+from gateway.tenancy.redis_store import RedisLimitStore, fast_pipeline
 from gateway.tenancy.store import AdmitPlan, AdmitResult, LimitStore, PlannedLimit
 from policies.ratelimit import Demand, Limit, LimitKind
+from tests.tenancy.conftest import SHARED_REDIS
 
 LONG = 100_000_000_000  # ~28 hours
 
@@ -60,10 +61,15 @@ async def run(store: LimitStore, seed: int, prefix: str) -> list[tuple[object, .
     return trace
 
 
+@pytest.mark.parametrize("lean", [False, True], ids=["redis-py", "resp"])
 @pytest.mark.parametrize("seed", range(6))
-async def test_redis_store_decides_exactly_like_the_python_arithmetic(seed: int, prefix: str,
+async def test_redis_store_decides_exactly_like_the_python_arithmetic(seed: int, lean: bool, prefix: str,
                                                                      shared_redis: Redis) -> None:
     memory = await run(MemoryLimitStore(), seed, f"{prefix}{seed}:")
-    remote = await run(RedisLimitStore(shared_redis), seed, f"{prefix}{seed}:")
+    remote_store = RedisLimitStore(shared_redis, fast_pipeline(SHARED_REDIS, 5.0) if lean else None)
+    try:
+        remote = await run(remote_store, seed, f"{prefix}{seed}:")
+    finally:
+        await remote_store.aclose()
     assert remote == memory
     assert any(not step[0] for step in memory[:-1]) and any(step[0] for step in memory[:-1])

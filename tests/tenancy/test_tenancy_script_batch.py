@@ -1,6 +1,7 @@
 """The limiter's script batching over real Redis: calls made in one event-loop iteration share one
 pipeline, each caller gets its own reply or error, a script Redis forgot is reloaded, and a broken
-connection fails every call of the batch (a private redis-server for the destructive cases)."""
+connection fails every call of the batch (a private redis-server for the destructive cases). Each case
+runs over both carriers: redis-py's pipeline and the lean RESP connection (resp.py)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from gateway.tenancy.resp import RespPipeline
 from gateway.tenancy.script_batch import LuaScript, ScriptBatcher
 from tests.support.redis_server import RedisServer
 
+SHARED = "redis://127.0.0.1:6379/0"
 ECHO_INCR = "return {ARGV[1], redis.call('INCR', KEYS[1])}"
 FAIL_ON_BAD = "if ARGV[1] == 'bad' then return redis.error_reply('bad argument') end return ARGV[1]"
 
@@ -32,9 +36,39 @@ class CountingRedis(Redis):
         return super().pipeline(*args, **kwargs)
 
 
+class CountingPipeline(RespPipeline):
+    """The lean connection, counting its multi-command batches (as CountingRedis counts pipelines)."""
+
+    def __init__(self, owner: CountingRedis, url: str, timeout_s: float) -> None:
+        port = urlsplit(url).port
+        assert port is not None
+        super().__init__("127.0.0.1", port, timeout_s=timeout_s, connect_timeout_s=timeout_s)
+        self._owner = owner
+
+    async def execute(self, commands: Any) -> list[Any]:
+        if len(commands) > 1:
+            self._owner.pipelines += 1
+        return await super().execute(commands)
+
+
+CARRIERS = ["redis-py", "resp"]
+
+
+def batcher_for(client: CountingRedis, carrier: str, url: str, timeout_s: float = 2.0,
+                **kwargs: Any) -> ScriptBatcher:
+    pipeline = CountingPipeline(client, url, timeout_s) if carrier == "resp" else None
+    return ScriptBatcher(client, pipeline=pipeline, **kwargs)
+
+
+@pytest.fixture(params=CARRIERS)
+def carrier(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
 @pytest.fixture
 async def redis() -> AsyncIterator[CountingRedis]:
-    client = CountingRedis.from_url("redis://127.0.0.1:6379/0")
+    client = CountingRedis.from_url(SHARED)
     yield client
     await client.aclose()
 
@@ -48,8 +82,8 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 async def test_calls_of_one_iteration_share_one_pipeline_and_get_their_own_replies(
-        redis: CountingRedis) -> None:
-    batcher = ScriptBatcher(redis)
+        redis: CountingRedis, carrier: str) -> None:
+    batcher = batcher_for(redis, carrier, SHARED)
     script = LuaScript(redis, ECHO_INCR)
     key = f"test:batch:{uuid.uuid4().hex}"
     try:
@@ -64,8 +98,8 @@ async def test_calls_of_one_iteration_share_one_pipeline_and_get_their_own_repli
         await redis.delete(key)
 
 
-async def test_a_failing_script_fails_only_its_caller(redis: CountingRedis) -> None:
-    batcher = ScriptBatcher(redis)
+async def test_a_failing_script_fails_only_its_caller(redis: CountingRedis, carrier: str) -> None:
+    batcher = batcher_for(redis, carrier, SHARED)
     script = LuaScript(redis, FAIL_ON_BAD)
     results = await asyncio.gather(*(batcher.run(script, [], [arg]) for arg in ("a", "bad", "c")),
                                    return_exceptions=True)
@@ -73,10 +107,10 @@ async def test_a_failing_script_fails_only_its_caller(redis: CountingRedis) -> N
     assert isinstance(results[1], ResponseError) and "bad argument" in str(results[1])
 
 
-async def test_a_script_redis_forgot_is_loaded_again(private_redis: RedisServer) -> None:
-    client = Redis.from_url(private_redis.url)
+async def test_a_script_redis_forgot_is_loaded_again(private_redis: RedisServer, carrier: str) -> None:
+    client = CountingRedis.from_url(private_redis.url)
     try:
-        batcher = ScriptBatcher(client)
+        batcher = batcher_for(client, carrier, private_redis.url)
         script = LuaScript(client, ECHO_INCR)
         await client.script_flush()
         assert await batcher.run(script, ["k"], ["one"]) == [b"one", 1]
@@ -87,10 +121,11 @@ async def test_a_script_redis_forgot_is_loaded_again(private_redis: RedisServer)
         await client.aclose()
 
 
-async def test_a_broken_connection_fails_every_call_of_the_batch(private_redis: RedisServer) -> None:
-    client = Redis.from_url(private_redis.url, socket_timeout=1, socket_connect_timeout=1)
+async def test_a_broken_connection_fails_every_call_of_the_batch(private_redis: RedisServer,
+                                                                 carrier: str) -> None:
+    client = CountingRedis.from_url(private_redis.url, socket_timeout=1, socket_connect_timeout=1)
     try:
-        batcher = ScriptBatcher(client)
+        batcher = batcher_for(client, carrier, private_redis.url, timeout_s=1.0)
         script = LuaScript(client, ECHO_INCR)
         assert await batcher.run(script, ["k"], ["warm"]) == [b"warm", 1]
         private_redis.kill()
@@ -101,8 +136,8 @@ async def test_a_broken_connection_fails_every_call_of_the_batch(private_redis: 
         await client.aclose()
 
 
-async def test_a_deferred_call_rides_with_the_next_urgent_one(redis: CountingRedis) -> None:
-    batcher = ScriptBatcher(redis, linger_s=5.0)
+async def test_a_deferred_call_rides_with_the_next_urgent_one(redis: CountingRedis, carrier: str) -> None:
+    batcher = batcher_for(redis, carrier, SHARED, linger_s=5.0)
     script = LuaScript(redis, ECHO_INCR)
     key = f"test:batch:{uuid.uuid4().hex}"
     try:
@@ -117,8 +152,8 @@ async def test_a_deferred_call_rides_with_the_next_urgent_one(redis: CountingRed
         await redis.delete(key)
 
 
-async def test_a_deferred_call_alone_goes_out_after_its_linger(redis: CountingRedis) -> None:
-    batcher = ScriptBatcher(redis, linger_s=0.05)
+async def test_a_deferred_call_alone_goes_out_after_its_linger(redis: CountingRedis, carrier: str) -> None:
+    batcher = batcher_for(redis, carrier, SHARED, linger_s=0.05)
     script = LuaScript(redis, ECHO_INCR)
     key = f"test:batch:{uuid.uuid4().hex}"
     try:
