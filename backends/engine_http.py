@@ -186,7 +186,7 @@ class _ReadDeadline:
 
     def begin_read(self) -> int:
         """Call right before awaiting a read; returns what ``expired`` needs."""
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop)  # given the loop: no get_running_loop (getpid on 3.11)
         assert task is not None
         if self._handle is None or self._armed_at > self.deadline:
             self._arm()

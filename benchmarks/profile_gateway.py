@@ -2,10 +2,14 @@
 
 Starts a sim engine (instant steps) pinned to core 1 and the gateway pinned to core 0 with the full
 pipeline (API keys, Redis limits, prefix_affinity, metrics, logs) or with it off, sends a warm-up batch,
-then records the gateway with ``py-spy record --format raw`` (on-CPU samples only: py-spy leaves idle
-threads out) during one batch of non-stream or stream requests. Each sample is attributed to the part
-of the gateway that owns its innermost recognised frame (server, upstream client, adapters, pipeline,
-limits, routing, metrics, event loop...; asyncio's frames count for their caller). Writes
+then records the gateway with ``py-spy record --native --format raw`` during one batch of non-stream or
+stream requests. Only the event loop's thread counts (the logging listener thread is left out), and
+samples waiting in epoll are idle, left out too. Each sample is attributed to the part of the gateway
+that owns its innermost recognised Python frame (server, upstream client, adapters, pipeline, limits,
+routing, metrics, event loop...; asyncio's frames count for their caller), so native work (a socket
+write, hiredis, httptools) counts for the Python code that asked for it. ``--native`` matters: without
+it py-spy loses the coroutine frames run from uvloop's callbacks in about half the samples and shows
+them as the loop's own time (the previous profile's "50% event loop" was mostly that). Writes
 ``benchmarks/results/profile_<pipeline>_<mode>.json`` (the breakdown, the top functions by own
 samples, the collapsed stacks' path) and prints a summary.
 
@@ -61,9 +65,11 @@ PARTS: tuple[tuple[str, str], ...] = (
     ("uvloop/", "event loop and socket I/O (uvloop, native)"),
 )
 # asyncio's frames belong to whoever called them (redis-py's streams, aiohttp's timeouts...); a sample
-# with nothing but asyncio is the loop itself, whose native work (uvloop: sockets, callbacks) py-spy
-# shows as Runner.run.
+# with nothing but asyncio above uvloop's native frames is the loop itself (epoll results, reads
+# dispatched to protocols, callbacks).
 LOOP = "event loop and socket I/O (uvloop, native)"
+IDLE_LEAVES = ("epoll_pwait", "epoll_wait")
+OTHER_THREAD = "Thread._bootstrap"
 
 
 def frame_path(frame: str) -> str:
@@ -87,19 +93,23 @@ def part_of(stack: list[str]) -> str:
 def summarize(collapsed: Path, top: int = 25) -> dict[str, Any]:
     parts: Counter[str] = Counter()
     own: Counter[str] = Counter()
-    total = 0
+    total = idle = 0
     for line in collapsed.read_text().splitlines():
         stack_text, _, count_text = line.rpartition(" ")
-        if not stack_text or not count_text.isdigit():
+        if not stack_text or not count_text.isdigit() or OTHER_THREAD in stack_text:
             continue
         count = int(count_text)
         stack = stack_text.split(";")
+        if any(frame.startswith(IDLE_LEAVES) for frame in stack[-3:]):
+            idle += count
+            continue
         total += count
         parts[part_of(stack)] += count
         own[stack[-1]] += count
     scale = 100 / total if total else 0.0
     return {
         "samples": total,
+        "idle_samples_left_out": idle,
         "parts_percent": {part: round(n * scale, 1) for part, n in parts.most_common()},
         "top_own_percent": [[frame, round(n * scale, 1)] for frame, n in own.most_common(top)],
     }
@@ -131,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             assert gateway.process is not None
             asyncio.run(batch(gateway.url, 200, args.concurrency, args.stream, 0, api_key))
             collapsed = RESULTS / f"profile_{args.pipeline}_{mode}.collapsed.txt"
-            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
-                                    str(gateway.process.pid), "--rate", str(args.rate), "--format", "raw",
-                                    "--output", str(collapsed), "--nonblocking"],
+            # --native needs py-spy to pause the process for each sample (no --nonblocking).
+            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--native",
+                                    "--pid", str(gateway.process.pid), "--rate", str(args.rate),
+                                    "--format", "raw", "--output", str(collapsed)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(1.0)  # py-spy attaches
             started = time.perf_counter()
