@@ -16,6 +16,9 @@ connection failures with the error classes of ``backends.http1``: ``ConnectError
 ``StaleConnectionError`` (no answer on a pooled connection: retried once), ``ConnectionBrokenError``
 and ``MalformedResponseError``.
 
+``fetch_whole`` is the non-stream request: POST, then the whole answer's body within ``whole_s``; every
+failure is a fail-over error. ``collect`` gathers a stream's events into one answer.
+
 ``relay`` runs an engine-specific sans-IO parser over those events and applies the same rule to what
 the engine itself reports: an error object or garbage before the first relayed event is a fail-over
 error, after it an ``UpstreamStreamError``; a stream that ends before the engine said it was complete
@@ -48,15 +51,17 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from gateway.types import StreamEvent
+from gateway.types import Completed, Delta, StreamEvent, Usage
 
-__all__ = ["AdapterTimeouts", "AiohttpTransport", "EngineTransport", "Http1Transport", "get_probe",
-           "open_event_stream", "probe_health", "relay", "scrape_metrics"]
+__all__ = ["AdapterTimeouts", "AiohttpTransport", "EngineTransport", "Http1Transport", "collect",
+           "fetch_whole", "get_probe", "open_event_stream", "probe_health", "relay", "scrape_metrics"]
 
 ResponseErrorMapper = Callable[[int, bytes], GatewayError]
 ReportedErrorMapper = Callable[[dict[str, Any]], GatewayError]
 
 END_GRACE_S = 1.0  # how long to wait for the body's end after the engine's end-of-stream marker
+MAX_WHOLE_BODY = 64 * 1024 * 1024  # a non-stream answer larger than this is refused, not buffered
+STALE_WINDOW_S = 0.25  # a pooled connection found closed within this of sending is stale, not broken
 JSON_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
 
 
@@ -68,6 +73,7 @@ class AdapterTimeouts:
     first_token_s: float = 60.0  # request sent -> first event (covers connect, queueing, prefill)
     idle_s: float = 60.0  # longest gap between two events once streaming
     probe_s: float = 2.0  # whole health / metrics / info request
+    whole_s: float = 600.0  # a non-stream request sent whole: the engine's whole answer, generation included
 
 
 class EventParser(Protocol):
@@ -130,7 +136,8 @@ async def open_event_stream(transport: EngineTransport, url: str, body: bytes,
     reached_eof = False
     timer = _ReadDeadline(loop)
     try:
-        response = await _post(transport, url, body, headers, timeouts, deadline, error_for_response)
+        response = await _post(transport, url, body, headers, timeouts, deadline, error_for_response,
+                               f"no first event from the engine within {timeouts.first_token_s:g}s")
         decoder = SseDecoder()
         committed = False
         timer.deadline = deadline
@@ -229,10 +236,14 @@ class _ReadDeadline:
 
 
 async def _post(transport: EngineTransport, url: str, body: bytes, headers: Mapping[str, str],
-                timeouts: AdapterTimeouts, deadline: float,
-                error_for_response: ResponseErrorMapper) -> EngineResponse:
+                timeouts: AdapterTimeouts, deadline: float, error_for_response: ResponseErrorMapper,
+                late: str) -> EngineResponse:
+    """Send the request and return the 2xx response whose headers arrived by ``deadline`` (``late``:
+    the timeout's message)."""
+    loop = asyncio.get_running_loop()
     for attempt in (1, 2):
         response: EngineResponse | None = None
+        sent = loop.time()
         try:
             async with asyncio.timeout_at(deadline):
                 response = await transport.post(url, body, headers, timeouts.connect_s)
@@ -246,9 +257,12 @@ async def _post(transport: EngineTransport, url: str, body: bytes, headers: Mapp
             raise UpstreamUnavailableError(f"cannot connect to the engine: {exc}") from None
         except ConnectionBrokenError as exc:
             _close(response)
-            if response is None and attempt == 1 and isinstance(exc, StaleConnectionError):
+            if (response is None and attempt == 1 and isinstance(exc, StaleConnectionError)
+                    and loop.time() - sent < STALE_WINDOW_S):
                 # A pooled connection the engine had already closed (idle keep-alive, or the engine
-                # died): the request never got an answer, so send it once more on a new connection.
+                # died) fails at once: the request never got an answer, so send it once more on a new
+                # connection. Later, it may have been generating (a non-stream answer has no headers
+                # until it is done): not sent to the same engine again.
                 continue
             error = UpstreamUnavailableError if response is None else UpstreamError
             raise error(f"engine connection failed: {exc}") from None
@@ -257,12 +271,71 @@ async def _post(transport: EngineTransport, url: str, body: bytes, headers: Mapp
             raise UpstreamError(f"engine connection failed: {exc}") from None
         except TimeoutError:
             _close(response)
-            raise UpstreamTimeoutError(
-                f"no first event from the engine within {timeouts.first_token_s:g}s") from None
+            raise UpstreamTimeoutError(late) from None
         except BaseException:
             _close(response)
             raise
     raise AssertionError("unreachable")
+
+
+async def fetch_whole(transport: EngineTransport, url: str, body: bytes, headers: Mapping[str, str],
+                      timeouts: AdapterTimeouts, error_for_response: ResponseErrorMapper) -> bytes:
+    """POST ``body`` and return the whole body of the engine's 2xx answer, all within ``whole_s``
+    (generation included: a non-stream answer's headers come only when it is done). Every failure is
+    a fail-over error, as before a stream's first event: nothing has reached the client yet."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeouts.whole_s
+    late = f"no whole answer from the engine within {timeouts.whole_s:g}s"
+    response = await _post(transport, url, body, headers, timeouts, deadline, error_for_response, late)
+    try:
+        async with asyncio.timeout_at(deadline):
+            raw = await _read_whole(response)
+    except TimeoutError:
+        response.close()
+        raise UpstreamTimeoutError(late) from None
+    except Http1Error as exc:
+        response.close()
+        raise UpstreamError(f"engine connection broke: {exc}") from None
+    except BaseException:
+        response.close()
+        raise
+    response.release()
+    return raw
+
+
+async def _read_whole(response: EngineResponse) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await response.read_chunk():
+        parts.append(chunk)
+        size += len(chunk)
+        if size > MAX_WHOLE_BODY:
+            raise UpstreamError(f"the engine's answer is over {MAX_WHOLE_BODY} bytes")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def collect(events: AsyncIterator[StreamEvent], timeouts: AdapterTimeouts) -> Completed:
+    """A stream's events gathered into one answer within ``whole_s`` (for engines whose non-stream answer
+    lacks something the stream has); closes ``events``. A failure after the first event is an
+    ``UpstreamStreamError``, still a fail-over error for a non-stream request."""
+    parts: list[str] = []
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    try:
+        async with asyncio.timeout(timeouts.whole_s):
+            async for event in events:
+                if isinstance(event, Delta):
+                    parts.append(event.text)
+                    finish_reason = event.finish_reason or finish_reason
+                else:
+                    usage = event
+    except TimeoutError:
+        raise UpstreamTimeoutError(f"no whole answer from the engine within {timeouts.whole_s:g}s") from None
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    return Completed(text="".join(parts), finish_reason=finish_reason, usage=usage)
 
 
 async def _read_capped(response: EngineResponse) -> bytes:

@@ -1,4 +1,5 @@
-"""Sans-IO parser of an OpenAI-shaped stream (vLLM, TGI's Messages API): SSE data -> Delta / Usage.
+"""Sans-IO parsers of OpenAI-shaped answers (vLLM, TGI's Messages API): a stream's SSE data -> Delta /
+Usage, and a whole non-stream body -> ``Completed`` (``parse_whole``).
 
 One chunk with a choice becomes exactly one ``Delta`` (chat's first ``{"role": "assistant",
 "content": ""}`` chunk included); the finish reason stays on the Delta that carried it. Usage may come
@@ -16,7 +17,7 @@ import msgspec
 
 from backends.http_errors import EngineReportedError, MalformedEventError
 from backends.sse import SseEvent
-from gateway.types import Delta, StreamEvent, Usage
+from gateway.types import Completed, Delta, StreamEvent, Usage
 
 
 class _ChatDelta(msgspec.Struct):
@@ -47,7 +48,24 @@ class _Chunk(msgspec.Struct):
     error: Any = None
 
 
+class _Message(msgspec.Struct):
+    content: str | None = None
+
+
+class _WholeChoice(msgspec.Struct):
+    text: str | None = None
+    message: _Message | None = None
+    finish_reason: str | None = None
+
+
+class _Whole(msgspec.Struct):
+    choices: list[_WholeChoice] = msgspec.field(default_factory=list)
+    usage: _Usage | None = None
+    error: Any = None
+
+
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
+_whole_decoder = msgspec.json.Decoder(_Whole)
 _any_decoder = msgspec.json.Decoder()
 
 
@@ -87,10 +105,7 @@ class OpenAiStreamParser:
         if self.done:
             raise MalformedEventError("chunk after [DONE]")
         if chunk.usage is not None:
-            details = chunk.usage.prompt_tokens_details
-            self.usage = Usage(prompt_tokens=chunk.usage.prompt_tokens,
-                               completion_tokens=chunk.usage.completion_tokens,
-                               cached_tokens=details.cached_tokens if details is not None else None)
+            self.usage = _usage(chunk.usage)
         if not chunk.choices:
             return []
         choice = chunk.choices[0]
@@ -108,7 +123,31 @@ class OpenAiStreamParser:
         return [usage] if usage is not None else []
 
 
-def _error_payload(data: str) -> dict[str, Any]:
+def parse_whole(raw: bytes) -> Completed:
+    """A whole (non-stream) chat or text completion body: the first choice's text, its finish reason,
+    the usage. An ``{"error": ...}`` body raises ``EngineReportedError``, garbage or no choice
+    ``MalformedEventError``."""
+    try:
+        whole = _whole_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise MalformedEventError(f"unparsable answer: {exc}: {raw[:200]!r}") from None
+    if whole.error is not None:
+        raise EngineReportedError(_error_payload(raw))
+    if not whole.choices:
+        raise MalformedEventError(f"an answer without a choice: {raw[:200]!r}")
+    choice = whole.choices[0]
+    text = choice.message.content if choice.message is not None else choice.text
+    return Completed(text=text or "", finish_reason=choice.finish_reason or None,
+                     usage=_usage(whole.usage) if whole.usage is not None else None)
+
+
+def _usage(usage: _Usage) -> Usage:
+    details = usage.prompt_tokens_details
+    return Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                 cached_tokens=details.cached_tokens if details is not None else None)
+
+
+def _error_payload(data: str | bytes) -> dict[str, Any]:
     try:
         payload = _any_decoder.decode(data)
     except msgspec.DecodeError:

@@ -4,7 +4,8 @@ Chat goes to TGI's Messages API (``/v1/chat/completions``, OpenAI-shaped); compl
 ``/generate_stream`` with ``{"inputs", "parameters"}``, translated to TGI's rules: temperature 0 or
 unset means greedy (``do_sample: false``, no temperature, since TGI rejects 0), ``top_p`` only when
 0 < p < 1, at most 4 stop sequences, ``details: true`` for the usage. Only the ``extra`` parameters TGI
-knows are passed on (vLLM's ``ignore_eos`` has no TGI equivalent and is dropped).
+knows are passed on (vLLM's ``ignore_eos`` has no TGI equivalent and is dropped). Non-stream requests
+are gathered from the stream too (``complete``).
 
 Errors ``{"error", "error_type"}``, as a body or as a stream event (TGI answers a stream request with
 200 and an error event for validation and overload): ``validation`` -> ``InvalidRequestError`` with the
@@ -25,6 +26,7 @@ from backends.engine_http import (
     JSON_HEADERS,
     AdapterTimeouts,
     EngineTransport,
+    collect,
     get_probe,
     open_event_stream,
     probe_health,
@@ -34,7 +36,7 @@ from backends.engine_http import (
 from backends.http_errors import decode_error_body, error_for_status, text_of
 from backends.tgi_stream import TgiChatStreamParser, TgiTokenStreamParser
 from gateway.errors import GatewayError, InvalidRequestError
-from gateway.types import BackendLoad, GenerateRequest, StreamEvent
+from gateway.types import BackendLoad, Completed, GenerateRequest, StreamEvent
 
 SIM_FAULT_HEADER = "x-sim-fault"
 MAX_STOP_SEQUENCES = 4
@@ -73,6 +75,11 @@ class TgiAdapter:
         self._headers = dict(JSON_HEADERS)
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
+
+    async def complete(self, request: GenerateRequest) -> Completed:
+        """The whole answer, gathered from the stream: TGI's non-stream ``/generate`` details have no
+        prompt token count (``input_length`` comes only in stream details)."""
+        return await collect(self.stream(request), self._timeouts)
 
     def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
         """The engine's events for ``request`` (see ``EngineAdapter.stream``)."""

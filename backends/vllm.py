@@ -1,9 +1,10 @@
 """EngineAdapter for vLLM's OpenAI-compatible server (and the sim engine in its ``vllm`` dialect).
 
-Requests go to ``/v1/chat/completions`` or ``/v1/completions``, always streamed with
-``stream_options.include_usage``; vLLM's ``{"error": {"message", "type", "param", "code"}}`` bodies
-(and its older top-level and ``{"detail"}`` shapes) are mapped to the gateway's errors keeping
-``param``; ``/metrics`` (``vllm:*``) becomes a ``BackendLoad``. All vLLM names live here.
+Requests go to ``/v1/chat/completions`` or ``/v1/completions``: streamed with
+``stream_options.include_usage``, or whole for ``complete`` (vLLM's non-stream answer carries the
+usage); vLLM's ``{"error": {"message", "type", "param", "code"}}`` bodies (and its older top-level
+and ``{"detail"}`` shapes) are mapped to the gateway's errors keeping ``param``; ``/metrics``
+(``vllm:*``) becomes a ``BackendLoad``. All vLLM names live here.
 """
 
 from __future__ import annotations
@@ -17,15 +18,22 @@ from backends.engine_http import (
     JSON_HEADERS,
     AdapterTimeouts,
     EngineTransport,
+    fetch_whole,
     open_event_stream,
     probe_health,
     relay,
     scrape_metrics,
 )
-from backends.http_errors import decode_error_body, error_for_status, text_of
-from backends.openai_stream import OpenAiStreamParser
-from gateway.errors import GatewayError
-from gateway.types import BackendLoad, GenerateRequest, StreamEvent
+from backends.http_errors import (
+    EngineReportedError,
+    MalformedEventError,
+    decode_error_body,
+    error_for_status,
+    text_of,
+)
+from backends.openai_stream import OpenAiStreamParser, parse_whole
+from gateway.errors import GatewayError, UpstreamError
+from gateway.types import BackendLoad, Completed, GenerateRequest, StreamEvent
 
 SIM_FAULT_HEADER = "x-sim-fault"
 
@@ -50,16 +58,35 @@ class VllmAdapter:
         self._headers = dict(JSON_HEADERS)
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
+        self._whole_headers = {**self._headers, "accept": "application/json"}
 
     def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
         """The engine's events for ``request`` (see ``EngineAdapter.stream``)."""
-        path = "/v1/chat/completions" if request.kind == "chat" else "/v1/completions"
-        headers = self._headers
-        if request.fault is not None:
-            headers = {**headers, SIM_FAULT_HEADER: request.fault}
-        events = open_event_stream(self._transport, self._base + path, build_body(request), headers,
-                                   self._timeouts, error_for_response)
+        events = open_event_stream(self._transport, self._url(request), build_body(request),
+                                   self._request_headers(request, self._headers), self._timeouts,
+                                   error_for_response)
         return relay(events, OpenAiStreamParser(), error_for_report)
+
+    async def complete(self, request: GenerateRequest) -> Completed:
+        """The whole answer in one non-stream request (see ``EngineAdapter.complete``)."""
+        raw = await fetch_whole(self._transport, self._url(request), build_body(request, stream=False),
+                                self._request_headers(request, self._whole_headers), self._timeouts,
+                                error_for_response)
+        try:
+            return parse_whole(raw)
+        except EngineReportedError as exc:
+            raise error_for_report(exc.payload) from None
+        except MalformedEventError as exc:
+            raise UpstreamError(str(exc)) from None
+
+    def _url(self, request: GenerateRequest) -> str:
+        return self._base + ("/v1/chat/completions" if request.kind == "chat" else "/v1/completions")
+
+    @staticmethod
+    def _request_headers(request: GenerateRequest, headers: dict[str, str]) -> dict[str, str]:
+        if request.fault is None:
+            return headers
+        return {**headers, SIM_FAULT_HEADER: request.fault}
 
     async def health(self) -> bool:
         return await probe_health(self._transport, self._base, self._timeouts)
@@ -90,7 +117,7 @@ class VllmAdapter:
         """Nothing to release: the transport belongs to the composition root, streams close themselves."""
 
 
-def build_body(request: GenerateRequest) -> bytes:
+def build_body(request: GenerateRequest, *, stream: bool = True) -> bytes:
     """The OpenAI request body for vLLM; ``extra`` first so it cannot switch streaming or usage off."""
     body: dict[str, Any] = dict(request.extra)
     body["model"] = request.model
@@ -107,8 +134,11 @@ def build_body(request: GenerateRequest) -> bytes:
             body[name] = value
     if request.stop:
         body["stop"] = request.stop
-    body["stream"] = True
-    body["stream_options"] = {"include_usage": True}
+    body["stream"] = stream
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    else:
+        body.pop("stream_options", None)
     return msgspec.json.encode(body)
 
 

@@ -65,6 +65,7 @@ def build_gateway(settings: GatewaySettings, urls: dict[str, str],
         first_token_s=settings.timeouts.first_token_s,
         idle_s=settings.timeouts.idle_s,
         probe_s=settings.timeouts.probe_s,
+        whole_s=settings.timeouts.whole_s,
     )
     transport = build_transport(settings.upstream_client)
     registry = Registry(
@@ -77,7 +78,8 @@ def build_gateway(settings: GatewaySettings, urls: dict[str, str],
     policies = build_policies(settings)
     metrics = GatewayMetrics(prometheus)
     prometheus.register(BackendCollector(registry))
-    forwarder = Forwarder(registry, policies, policy_names, metrics)
+    forwarder = Forwarder(registry, policies, policy_names, metrics,
+                          whole_non_stream=settings.non_stream_upstream == "whole")
     admission = Admission(settings.tenancy, registry=prometheus)
     gateway = Gateway(
         settings=settings, registry=registry, forwarder=forwarder, metrics=metrics,

@@ -72,6 +72,8 @@ class TimeoutSettings(_Strict):
     first_token_s: float = Field(default=60.0, gt=0)
     idle_s: float = Field(default=60.0, gt=0)
     probe_s: float = Field(default=2.0, gt=0)
+    # A non-stream request sent to the engine whole: its whole answer, generation included.
+    whole_s: float = Field(default=600.0, gt=0)
 
 
 class HealthSettings(_Strict):
@@ -102,6 +104,9 @@ class GatewaySettings(_Strict):
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     # The HTTP client towards the engines; benchmarks/http_clients.py measured both.
     upstream_client: Literal["aiohttp", "http1"] = "http1"
+    # Non-stream client requests: "whole" (one non-stream engine request; less than half the gateway's
+    # CPU per request) or "streamed" (streamed upstream and gathered: idle deadline and TTFT per event).
+    non_stream_upstream: Literal["whole", "streamed"] = "whole"
     health: HealthSettings = Field(default_factory=HealthSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     tenancy: TenancyConfig = Field(default_factory=TenancyConfig)

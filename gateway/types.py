@@ -57,6 +57,14 @@ class Usage(msgspec.Struct, kw_only=True):
 StreamEvent = Delta | Usage
 
 
+class Completed(msgspec.Struct, kw_only=True):
+    """An engine's whole answer to a non-stream request."""
+
+    text: str
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
 class BackendLoad(msgspec.Struct, kw_only=True):
     """An engine's own numbers, normalized across vLLM, TGI and sim (counters are cumulative)."""
 
@@ -75,11 +83,20 @@ class EngineAdapter(Protocol):
     """What the gateway needs from one engine. One instance per backend."""
 
     def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
-        """Yield the engine's events for ``request`` (always streamed upstream, usage always asked).
+        """Yield the engine's events for ``request`` (streamed upstream, usage always asked).
 
         Before the first event, failures raise a ``GatewayError`` whose ``retryable`` says whether
         the gateway may fail over. After the first event a failure raises ``UpstreamStreamError``.
         Closing the iterator early closes the upstream connection (the engine aborts the request).
+        """
+        ...
+
+    async def complete(self, request: GenerateRequest) -> Completed:
+        """The engine's whole answer to a non-stream ``request``, in one upstream request where the
+        engine's non-stream answer has everything (usage included), else gathered from its stream.
+
+        Failures raise a ``GatewayError``; ``retryable`` says whether the gateway may fail over (nothing
+        has reached the client). Cancelling the call closes the upstream connection.
         """
         ...
 

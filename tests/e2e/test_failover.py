@@ -20,16 +20,19 @@ COMPLETION = {"model": MODEL, "prompt": "tell me", "max_tokens": 6, "ignore_eos"
 
 
 @pytest.fixture
-def pair(log_dir: Path) -> Iterator[tuple[ProcessLauncher, ProcessLauncher, str]]:
-    """Two vLLM-dialect sims (the second can be TGI-dialect too) behind one round-robin gateway with
-    a short first-token deadline."""
+def pair(request: pytest.FixtureRequest,
+         log_dir: Path) -> Iterator[tuple[ProcessLauncher, ProcessLauncher, str]]:
+    """A vLLM-dialect and a TGI-dialect sim behind one round-robin gateway with short deadlines;
+    non-stream requests go upstream whole unless the test parametrizes ``pair`` with "streamed"."""
+    non_stream_upstream = getattr(request, "param", "whole")
     with sim_engine("vllm", MODEL, log_dir, name="fo-a") as a, sim_engine("tgi", MODEL, log_dir,
                                                                           name="fo-b") as b:
         config = {
             "backends": [backend_entry("a", "vllm", a.url), backend_entry("b", "tgi", b.url)],
-            "timeouts": {"first_token_s": 1.0, "idle_s": 1.0},
+            "timeouts": {"first_token_s": 1.0, "idle_s": 1.0, "whole_s": 2.0},
             "routing": {"default_policy": "round_robin"},
             "health": {"interval_s": 0.5, "failures_to_open": 2},
+            "non_stream_upstream": non_stream_upstream,
         }
         with gateway_server(config, log_dir, name="gw-fo") as gateway:
             yield a, b, gateway.url
@@ -45,6 +48,7 @@ def stats(url: str) -> dict[str, object]:
     return data
 
 
+@pytest.mark.parametrize("pair", ["whole", "streamed"], indirect=True)
 @pytest.mark.parametrize("fault", [{"status": 503}, {"status": 500}, {"status": 429},
                                    {"stall_before": 3.0}, {"drop_after": 0}])
 def test_failures_before_first_token_are_invisible(pair: tuple[ProcessLauncher, ProcessLauncher, str],
@@ -128,6 +132,7 @@ def test_stream_broken_after_first_token_ends_with_error_event(
     assert [json.loads(e)["choices"][0]["text"] for e in events[:-2]]  # tokens came before the error
 
 
+@pytest.mark.parametrize("pair", ["whole", "streamed"], indirect=True)
 def test_non_stream_broken_mid_generation_restarts_elsewhere(
         pair: tuple[ProcessLauncher, ProcessLauncher, str]) -> None:
     a, _, url = pair
