@@ -41,6 +41,11 @@ def free_port() -> int:
         return port
 
 
+def unreachable_url() -> str:
+    """A loopback URL nothing listens on (a port bound then released)."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
 @dataclass
 class EngineProcess:
     """A started engine subprocess."""

@@ -7,7 +7,6 @@ timeout; cancelling the call aborts the engine's request. Faults (``x-sim-fault`
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,7 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from tests.contract.conftest import unreachable_url
 from tests.contract.test_adapter_contract import (
     KINDS,
     MAX_TOKENS,
@@ -58,10 +58,7 @@ async def test_invalid_max_tokens_names_the_param(target: Target, transport: Eng
 
 
 async def test_unreachable_engine_is_unavailable(target: Target, transport: EngineTransport) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    adapter = type(target.make(transport, PATIENT))(url, transport, PATIENT)
+    adapter = type(target.make(transport, PATIENT))(unreachable_url(), transport, PATIENT)
     with pytest.raises(UpstreamUnavailableError):
         await adapter.complete(generate_request(target, "completion"))
 

@@ -8,7 +8,6 @@ error, closing the stream aborts the engine's request, and the engine's numbers 
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ import pytest
 from backends.engine_http import AdapterTimeouts, EngineTransport
 from gateway.errors import InvalidRequestError, NotFoundError, UpstreamUnavailableError
 from gateway.types import Delta, GenerateRequest, StreamEvent, Usage
+from tests.contract.conftest import unreachable_url
 
 if TYPE_CHECKING:
     from conftest import EngineProcess, Target
@@ -142,10 +142,7 @@ async def test_invalid_max_tokens_names_the_param(target: Target, transport: Eng
 
 
 async def test_unreachable_engine_is_unavailable(target: Target, transport: EngineTransport) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    adapter = type(target.make(transport, PATIENT))(url, transport, PATIENT)
+    adapter = type(target.make(transport, PATIENT))(unreachable_url(), transport, PATIENT)
     with pytest.raises(UpstreamUnavailableError):
         await run_adapter(adapter, generate_request(target, "completion"))
     assert not await adapter.health()
