@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from gateway.tenancy.resp import RespPipeline
 from gateway.tenancy.script_batch import LuaScript, ScriptBatcher
@@ -49,6 +49,12 @@ class CountingPipeline(RespPipeline):
         if len(commands) > 1:
             self._owner.pipelines += 1
         return await super().execute(commands)
+
+    def send_now(self, commands: Any) -> Any:
+        sent = super().send_now(commands)
+        if sent is not None and len(commands) > 1:
+            self._owner.pipelines += 1
+        return sent
 
 
 CARRIERS = ["redis-py", "resp"]
@@ -164,3 +170,12 @@ async def test_a_deferred_call_alone_goes_out_after_its_linger(redis: CountingRe
         assert 0.04 <= loop.time() - started < 1.0
     finally:
         await redis.delete(key)
+
+
+async def test_a_script_redis_refuses_to_load_fails_with_its_own_error(redis: CountingRedis,
+                                                                        carrier: str) -> None:
+    batcher = batcher_for(redis, carrier, SHARED)
+    broken = LuaScript(redis, "return {")  # a syntax error: SCRIPT LOAD refuses it
+    with pytest.raises(ResponseError) as caught:
+        await batcher.run(broken, [], [])
+    assert not isinstance(caught.value, NoScriptError)
