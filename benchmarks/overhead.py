@@ -6,6 +6,12 @@ prefix_affinity, metrics, logs) or off (no auth, in-memory limits with none set,
 Reported per (pipeline, mode, concurrency): added p50/p99 end-to-end latency, added p50 time to first
 chunk, gateway CPU ms per request (from /proc of the gateway process during its batches only) and SSE
 events relayed per second. Writes JSON and a PNG. Run: ``python -m benchmarks.overhead [--quick]``.
+
+``--peers vllm-router sglang-router`` measures those routers too, by the same method in the same run (pinned
+to the same core, in front of the same engine): vllm-router with round_robin, SGLang's router with
+cache_aware. They are not dependencies of the project: install them from PyPI in a venv of their own
+(``python3 -m venv /tmp/peers && /tmp/peers/bin/pip install vllm-router sglang-router``) and pass its
+``bin`` with ``--peer-bin /tmp/peers/bin``.
 """
 
 from __future__ import annotations
@@ -56,6 +62,21 @@ def gateway_config(engine_url: str, full: bool, prefix: str) -> tuple[dict[str, 
     }
     return {"backends": [backend], "routing": {"default_policy": "prefix_affinity"},
             "server": {"log_level": "info"}, "tenancy": tenancy}, key.key
+
+
+def peer_command(name: str, bin_dir: Path, engine_url: str, port: int) -> list[str]:
+    """The command line of a peer router in front of ``engine_url`` (its metrics on a free port)."""
+    common = ["--worker-urls", engine_url, "--host", "127.0.0.1", "--port", str(port),
+              "--prometheus-port", str(free_port())]
+    if name == "vllm-router":
+        return [str(bin_dir / "vllm-router"), *common, "--policy", "round_robin", "--log-level", "warning"]
+    if name == "sglang-router":
+        return [str(bin_dir / "sglang-router"), "launch", *common, "--policy", "cache_aware",
+                "--log-level", "warn"]
+    raise ValueError(f"unknown peer {name!r}")
+
+
+PEER_SETUPS = {"vllm-router": "vllm-router, round_robin", "sglang-router": "SGLang router, cache_aware"}
 
 
 def start(name: str, command: list[str], port: int, log_dir: Path, core: int) -> ProcessLauncher:
@@ -142,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer requests and concurrencies")
     parser.add_argument("--out", default=str(RESULTS / "overhead.json"))
+    parser.add_argument("--peers", nargs="*", default=[], choices=sorted(PEER_SETUPS),
+                        help="also measure these routers (installed separately, see --peer-bin)")
+    parser.add_argument("--peer-bin", type=Path, default=Path(sys.executable).parent,
+                        help="the folder holding the peers' executables")
     args = parser.parse_args(argv)
     concurrencies = (1, 16) if args.quick else (1, 16, 64)
     n, rounds = (100, 2) if args.quick else (300, 3)
@@ -159,16 +184,21 @@ def main(argv: list[str] | None = None) -> int:
                     "python": platform.python_version(), "loadavg_start": os.getloadavg()},
         "bar": {"cpu_ms_per_request": BAR_CPU_MS, "added_ttft_p50_ms": BAR_ADDED_TTFT_P50_MS,
                 "added_p50_c1_ms": BAR_ADDED_P50_C1_MS},
+        "peers": {name: PEER_SETUPS[name] for name in args.peers},
         "runs": {},
     }
     try:
-        for pipeline in ("off", "full"):
-            config, api_key = gateway_config(engine.url, pipeline == "full", f"bench-{os.getpid()}:")
-            config_path = log_dir / f"gateway-{pipeline}.yaml"
-            config_path.write_text(yaml.safe_dump(config))
+        for pipeline in ("off", "full", *args.peers):
             port = free_port()
-            command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path),
-                       "--port", str(port)]
+            api_key: str | None = None
+            if pipeline in PEER_SETUPS:
+                command = peer_command(pipeline, args.peer_bin, engine.url, port)
+            else:
+                config, api_key = gateway_config(engine.url, pipeline == "full", f"bench-{os.getpid()}:")
+                config_path = log_dir / f"gateway-{pipeline}.yaml"
+                config_path.write_text(yaml.safe_dump(config))
+                command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path),
+                           "--port", str(port)]
             gateway = start(f"gateway-{pipeline}", command, port, log_dir, core=0)
             runs = []
             try:
