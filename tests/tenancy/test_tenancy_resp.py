@@ -1,7 +1,8 @@
 """The limiter's lean Redis connection (gateway/tenancy/resp.py) against real Redis: replies come back
 per command and in order, error replies stand in their command's place, AUTH and SELECT from the URL
 are applied, a dead or silent server fails every waiting batch with redis-py's exception classes within
-the timeout, and the next batch reconnects (private redis-servers for the destructive cases)."""
+the timeout, and the next batch reconnects (private redis-servers, conftest.py, for the destructive
+cases)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import asyncio
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -35,16 +36,6 @@ async def shared() -> AsyncIterator[RespPipeline]:
     pipeline = pipeline_for(SHARED)
     yield pipeline
     await pipeline.aclose()
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    if server.process is not None:
-        os.kill(server.process.pid, signal.SIGCONT)  # in case a test left it stopped
-    server.kill()
 
 
 def test_commands_are_packed_as_resp_arrays_of_bulk_strings() -> None:
@@ -131,12 +122,14 @@ async def test_a_silent_server_times_out_within_the_timeout(private_redis: Redis
         os.kill(private_redis.process.pid, signal.SIGSTOP)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        results = await asyncio.gather(pipeline.execute([("PING",)]), pipeline.execute([("PING",)]),
-                                       return_exceptions=True)
+        try:
+            results = await asyncio.gather(pipeline.execute([("PING",)]), pipeline.execute([("PING",)]),
+                                           return_exceptions=True)
+        finally:
+            os.kill(private_redis.process.pid, signal.SIGCONT)
         waited = loop.time() - started
         assert all(isinstance(r, RedisTimeoutError) for r in results), results
         assert 0.25 <= waited < 1.5, waited
-        os.kill(private_redis.process.pid, signal.SIGCONT)
         assert await pipeline.execute([("PING",)]) == [b"PONG"], "a new connection after the timeout"
     finally:
         await pipeline.aclose()
