@@ -167,14 +167,6 @@ class RespPipeline:
                    password=unquote(parts.password) if parts.password is not None else None,
                    timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
 
-    def send_now(self, commands: Sequence[Command]) -> asyncio.Future[list[Any]] | None:
-        """Send at once on the open connection and return the future of the replies (as ``execute``);
-        None when there is no open connection (then ``execute``, which connects)."""
-        protocol = self._protocol
-        if protocol is None or protocol.closed:
-            return None
-        return protocol.send(pack(commands), len(commands))
-
     async def execute(self, commands: Sequence[Command]) -> list[Any]:
         """One reply per command, in order (an error reply in its place as a ``ResponseError``)."""
         protocol = self._protocol

@@ -11,21 +11,16 @@ would for separate calls. A lone call goes straight out. A script Redis no longe
 flushed: ``NOSCRIPT``, which means it did not run) is loaded and that call sent again.
 
 The batches go over a ``RespPipeline`` (resp.py: one pipelined connection, hiredis) when one is given,
-else over redis-py's pipeline. On an open ``RespPipeline`` a batch is written from the flush itself and
-its replies handed out from the connection's callback: no task per batch (about 4% of the gateway's CPU
-per request at concurrency 1). Holding new calls while a batch is on the wire, to share the next write,
-measured no gain at 16 and 64 concurrent requests on loopback Redis and was left out.
+else over redis-py's pipeline.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from gateway.tenancy.resp import RespPipeline
@@ -95,41 +90,28 @@ class ScriptBatcher:
         batch, self._pending = self._pending, []
         if not batch:
             return
-        if self._pipeline is not None:
-            sent = self._pipeline.send_now([_evalsha_command(call) for call in batch])
-            if sent is not None:
-                sent.add_done_callback(functools.partial(self._answered, batch))
-                return
         assert self._loop is not None
         task = self._loop.create_task(self._send(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _answered(self, batch: list[_Call], sent: asyncio.Future[list[Any]]) -> None:
-        if sent.cancelled():
-            error: BaseException | None = RedisConnectionError("Redis batch cancelled")
-        else:
-            error = sent.exception()
-        if error is not None:
-            _fail(batch, error)
-        else:
-            forgotten = _deliver(batch, sent.result())
-            if forgotten:  # NOSCRIPT: Redis lost the script (restart, flush); load it and send again
-                assert self._loop is not None
-                task = self._loop.create_task(self._send(forgotten))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-
     async def _send(self, batch: list[_Call]) -> None:
         try:
             replies = await self._execute(batch)
         except BaseException as error:  # the connection failed: every call in the batch failed
-            _fail(batch, error)
+            for call in batch:
+                if not call.future.done():
+                    call.future.set_exception(error)
             if not isinstance(error, Exception):
                 raise
             return
-        # _execute already loaded and re-sent what Redis had forgotten; forgotten again is an error.
-        _fail(_deliver(batch, replies), NoScriptError("Redis does not know the script after loading it"))
+        for call, reply in zip(batch, replies, strict=True):
+            if call.future.done():  # the caller was cancelled meanwhile
+                continue
+            if isinstance(reply, Exception):
+                call.future.set_exception(reply)
+            else:
+                call.future.set_result(reply)
 
     async def _execute(self, batch: list[_Call]) -> list[Any]:
         if self._pipeline is not None:
@@ -165,27 +147,6 @@ class ScriptBatcher:
         except NoScriptError:
             await self._redis.script_load(call.script.source)
             return await self._redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-
-
-def _fail(batch: list[_Call], error: BaseException) -> None:
-    for call in batch:
-        if not call.future.done():
-            call.future.set_exception(error)
-
-
-def _deliver(batch: list[_Call], replies: list[Any]) -> list[_Call]:
-    """Hand each caller its reply; returns the calls Redis answered NOSCRIPT (not delivered)."""
-    forgotten: list[_Call] = []
-    for call, reply in zip(batch, replies, strict=True):
-        if call.future.done():  # the caller was cancelled meanwhile
-            continue
-        if isinstance(reply, NoScriptError):
-            forgotten.append(call)
-        elif isinstance(reply, Exception):
-            call.future.set_exception(reply)
-        else:
-            call.future.set_result(reply)
-    return forgotten
 
 
 def _evalsha_command(call: _Call) -> tuple[Arg, ...]:

@@ -50,12 +50,6 @@ class CountingPipeline(RespPipeline):
             self._owner.pipelines += 1
         return await super().execute(commands)
 
-    def send_now(self, commands: Any) -> Any:
-        sent = super().send_now(commands)
-        if sent is not None and len(commands) > 1:
-            self._owner.pipelines += 1
-        return sent
-
 
 CARRIERS = ["redis-py", "resp"]
 
