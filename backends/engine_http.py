@@ -51,7 +51,7 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from gateway.types import Completed, Delta, StreamEvent, Usage
+from gateway.types import Completed, StreamEvent
 
 __all__ = ["AdapterTimeouts", "AiohttpTransport", "EngineTransport", "Http1Transport", "collect",
            "fetch_whole", "get_probe", "open_event_stream", "probe_health", "relay", "scrape_metrics"]
@@ -136,8 +136,8 @@ async def open_event_stream(transport: EngineTransport, url: str, body: bytes,
     reached_eof = False
     timer = _ReadDeadline(loop)
     try:
-        response = await _post(transport, url, body, headers, timeouts, deadline, error_for_response,
-                               f"no first event from the engine within {timeouts.first_token_s:g}s")
+        response = await _post(loop, transport, url, body, headers, timeouts, deadline, error_for_response,
+                               "first event", timeouts.first_token_s)
         decoder = SseDecoder()
         committed = False
         timer.deadline = deadline
@@ -235,12 +235,11 @@ class _ReadDeadline:
         self._task.cancel()
 
 
-async def _post(transport: EngineTransport, url: str, body: bytes, headers: Mapping[str, str],
-                timeouts: AdapterTimeouts, deadline: float, error_for_response: ResponseErrorMapper,
-                late: str) -> EngineResponse:
-    """Send the request and return the 2xx response whose headers arrived by ``deadline`` (``late``:
-    the timeout's message)."""
-    loop = asyncio.get_running_loop()
+async def _post(loop: asyncio.AbstractEventLoop, transport: EngineTransport, url: str, body: bytes,
+                headers: Mapping[str, str], timeouts: AdapterTimeouts, deadline: float,
+                error_for_response: ResponseErrorMapper, awaited: str, allowed_s: float) -> EngineResponse:
+    """Send the request and return the 2xx response whose headers arrived by ``deadline`` (else "no
+    ``awaited`` within ``allowed_s``": the message is only built when it is needed)."""
     for attempt in (1, 2):
         response: EngineResponse | None = None
         sent = loop.time()
@@ -271,7 +270,7 @@ async def _post(transport: EngineTransport, url: str, body: bytes, headers: Mapp
             raise UpstreamError(f"engine connection failed: {exc}") from None
         except TimeoutError:
             _close(response)
-            raise UpstreamTimeoutError(late) from None
+            raise UpstreamTimeoutError(f"no {awaited} from the engine within {allowed_s:g}s") from None
         except BaseException:
             _close(response)
             raise
@@ -285,14 +284,14 @@ async def fetch_whole(transport: EngineTransport, url: str, body: bytes, headers
     a fail-over error, as before a stream's first event: nothing has reached the client yet."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeouts.whole_s
-    late = f"no whole answer from the engine within {timeouts.whole_s:g}s"
-    response = await _post(transport, url, body, headers, timeouts, deadline, error_for_response, late)
+    response = await _post(loop, transport, url, body, headers, timeouts, deadline, error_for_response,
+                           "whole answer", timeouts.whole_s)
     try:
         async with asyncio.timeout_at(deadline):
             raw = await _read_whole(response)
     except TimeoutError:
         response.close()
-        raise UpstreamTimeoutError(late) from None
+        raise UpstreamTimeoutError(f"no whole answer from the engine within {timeouts.whole_s:g}s") from None
     except Http1Error as exc:
         response.close()
         raise UpstreamError(f"engine connection broke: {exc}") from None
@@ -318,24 +317,15 @@ async def collect(events: AsyncIterator[StreamEvent], timeouts: AdapterTimeouts)
     """A stream's events gathered into one answer within ``whole_s`` (for engines whose non-stream answer
     lacks something the stream has); closes ``events``. A failure after the first event is an
     ``UpstreamStreamError``, still a fail-over error for a non-stream request."""
-    parts: list[str] = []
-    finish_reason: str | None = None
-    usage: Usage | None = None
     try:
         async with asyncio.timeout(timeouts.whole_s):
-            async for event in events:
-                if isinstance(event, Delta):
-                    parts.append(event.text)
-                    finish_reason = event.finish_reason or finish_reason
-                else:
-                    usage = event
+            return await Completed.from_events(events)
     except TimeoutError:
         raise UpstreamTimeoutError(f"no whole answer from the engine within {timeouts.whole_s:g}s") from None
     finally:
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()
-    return Completed(text="".join(parts), finish_reason=finish_reason, usage=usage)
 
 
 async def _read_capped(response: EngineResponse) -> bytes:

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from gateway.errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamStreamError
 from gateway.metrics import GatewayMetrics
 from gateway.registry import Backend, Registry
-from gateway.types import Delta, GenerateRequest, StreamEvent, Usage
+from gateway.types import Completed, GenerateRequest, StreamEvent, Usage
 from policies.base import RoutingContext, RoutingPolicy
 from policies.prefix_hash import canonical_chat
 
@@ -111,14 +111,8 @@ class Forwarder:
             except (GatewayError, StopAsyncIteration) as exc:
                 backend.in_flight -= 1
                 await _aclose(events)
-                error = exc if isinstance(exc, GatewayError) else UpstreamError("engine sent no events")
-                self._metrics.upstream_errors.labels(backend.name, error.code).inc()
-                if not error.retryable:
-                    raise error from None
-                backend.record_failure()
-                self._metrics.failovers.labels(request.model, error.code).inc()
-                log.info("attempt on %s failed (%s); failing over", backend.name, error.code)
-                last_error = error
+                last_error = exc if isinstance(exc, GatewayError) else UpstreamError("engine sent no events")
+                self._failed(backend, request, last_error)
                 tried.add(backend.name)
                 continue
             except BaseException:
@@ -129,9 +123,7 @@ class Forwarder:
             policy.record(backend.name, context)
             self._metrics.ttft.labels(request.model, backend.name).observe(self._clock() - started)
             return Attempt(backend, first, events, started)
-        if last_error is not None:
-            raise last_error
-        raise ServiceUnavailableError(f"no backend available for model `{request.model}`")
+        raise _exhausted(request, last_error)
 
     async def complete(self, request: GenerateRequest, *, routing_key: str | None = None) -> Completion:
         """Run a non-stream request; a failure mid-generation restarts it on the next backend."""
@@ -145,48 +137,47 @@ class Forwarder:
             try:
                 whole = await backend.adapter.complete(request)
             except GatewayError as error:
-                self._metrics.upstream_errors.labels(backend.name, error.code).inc()
-                if not error.retryable:
-                    raise
-                backend.record_failure()
-                self._metrics.failovers.labels(request.model, error.code).inc()
-                log.info("attempt on %s failed (%s); failing over", backend.name, error.code)
                 last_error = error
+                self._failed(backend, request, error)
                 continue
             finally:
                 backend.in_flight -= 1
             backend.record_success()
             policy.record(backend.name, context)
             return Completion(backend.name, whole.text, whole.finish_reason, whole.usage)
-        if last_error is not None:
-            raise last_error
-        raise ServiceUnavailableError(f"no backend available for model `{request.model}`")
+        raise _exhausted(request, last_error)
 
     async def _complete_streamed(self, request: GenerateRequest, routing_key: str | None) -> Completion:
         tried: set[str] = set()
         while True:
             attempt = await self.open(request, routing_key=routing_key, exclude=tried)
-            parts: list[str] = []
-            finish_reason: str | None = None
-            usage: Usage | None = None
             try:
-                async for event in attempt.events():
-                    if isinstance(event, Delta):
-                        parts.append(event.text)
-                        finish_reason = event.finish_reason or finish_reason
-                    else:
-                        usage = event
+                whole = await Completed.from_events(attempt.events())
             except UpstreamStreamError as exc:
-                attempt.backend.record_failure()
+                self._failed(attempt.backend, request, exc)
                 tried.add(attempt.backend.name)
-                self._metrics.failovers.labels(request.model, exc.code).inc()
-                self._metrics.upstream_errors.labels(attempt.backend.name, exc.code).inc()
                 if len(tried) >= len(self._registry.serving(request.model)):
                     raise UpstreamError(f"every backend failed mid-generation: {exc.message}") from None
                 continue
             finally:
                 await attempt.close()
-            return Completion(attempt.backend.name, "".join(parts), finish_reason, usage)
+            return Completion(attempt.backend.name, whole.text, whole.finish_reason, whole.usage)
+
+    def _failed(self, backend: Backend, request: GenerateRequest, error: GatewayError) -> None:
+        """Count a failed attempt; re-raise ``error`` unless the request may fail over."""
+        self._metrics.upstream_errors.labels(backend.name, error.code).inc()
+        if not error.retryable:
+            raise error
+        backend.record_failure()
+        self._metrics.failovers.labels(request.model, error.code).inc()
+        log.info("attempt on %s failed (%s); failing over", backend.name, error.code)
+
+
+def _exhausted(request: GenerateRequest, last_error: GatewayError | None) -> GatewayError:
+    """What to raise when no backend answered: the last attempt's error, or no backend at all."""
+    if last_error is not None:
+        return last_error
+    return ServiceUnavailableError(f"no backend available for model `{request.model}`")
 
 
 async def _aclose(events: AsyncIterator[StreamEvent]) -> None:

@@ -64,6 +64,20 @@ class Completed(msgspec.Struct, kw_only=True):
     finish_reason: str | None = None
     usage: Usage | None = None
 
+    @classmethod
+    async def from_events(cls, events: AsyncIterator[StreamEvent]) -> Completed:
+        """The answer a stream's events add up to (the text joined, the last finish reason, the usage)."""
+        parts: list[str] = []
+        finish_reason: str | None = None
+        usage: Usage | None = None
+        async for event in events:
+            if isinstance(event, Delta):
+                parts.append(event.text)
+                finish_reason = event.finish_reason or finish_reason
+            else:
+                usage = event
+        return cls(text="".join(parts), finish_reason=finish_reason, usage=usage)
+
 
 class BackendLoad(msgspec.Struct, kw_only=True):
     """An engine's own numbers, normalized across vLLM, TGI and sim (counters are cumulative)."""
