@@ -168,6 +168,17 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
+def answering(raw: bytes, then_wait_s: float = 0.0) -> Handler:
+    """A raw-server handler that reads the request, writes ``raw`` as it is, and keeps the connection
+    ``then_wait_s`` longer before closing it."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+        await asyncio.sleep(then_wait_s)
+    return handler
+
+
 # --- bodies ----------------------------------------------------------------------------------------
 
 async def test_content_length_body(server: Server, client: Http1Client) -> None:
@@ -222,12 +233,7 @@ async def test_large_body_with_flow_control(server: Server) -> None:
 
 async def test_body_delimited_by_close(raw_server: Callable[[Handler], Awaitable[str]],
                                        client: Http1Client) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
-        await writer.drain()
-
-    url = await raw_server(handler)
+    url = await raw_server(answering(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end"))
     response = await client.request("GET", url + "/")
     assert await response.read() == b"until the end"
     assert client.idle_connections(url) == 0
@@ -255,24 +261,13 @@ async def test_connect_refused(client: Http1Client) -> None:
 
 async def test_malformed_response(raw_server: Callable[[Handler], Awaitable[str]],
                                   client: Http1Client) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
-        await read_request(reader)
-        writer.write(b"SMTP ready\r\n\r\n")
-        await writer.drain()
-        await asyncio.sleep(1)
-
-    url = await raw_server(handler)
+    url = await raw_server(answering(b"SMTP ready\r\n\r\n", then_wait_s=1))
     with pytest.raises(MalformedResponseError):
         await client.request("GET", url + "/")
 
 
 async def test_body_cut_short(raw_server: Callable[[Handler], Awaitable[str]], client: Http1Client) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..")
-        await writer.drain()
-
-    url = await raw_server(handler)
+    url = await raw_server(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten.."))
     response = await client.request("GET", url + "/")
     assert await response.read_chunk() == b"only ten.."
     with pytest.raises(ConnectionBrokenError) as caught:
