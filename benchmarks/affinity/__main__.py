@@ -6,16 +6,20 @@
     python -m benchmarks.affinity probe --regime NAME --rates R [R ...] [--measure-s 8]
     python -m benchmarks.affinity vllm [--requests 60] [--out benchmarks/results/affinity_vllm.json]
     python -m benchmarks.affinity plot [benchmarks/results/affinity.json]
+    python -m benchmarks.affinity targets [benchmarks/results/affinity.json]
 
 ``run`` writes the JSON and its PNGs (``affinity.png``, ``affinity_kill.png`` beside it); ``probe`` runs
 round robin alone at the given rates (to find its saturation, which sets each regime's rates) and writes
-``affinity_probe.json``; ``vllm`` is the small comparison on two real vLLM CPU servers.
+``affinity_probe.json``; ``vllm`` is the small comparison on two real vLLM CPU servers; ``targets``
+re-checks a results file's targets with the current definitions (the kill test's measures recomputed from
+its stored request timeline) and rewrites them in place, saying when and at which commit.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import os
 import sys
@@ -26,12 +30,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks.affinity.analysis import kill_moves
 from benchmarks.affinity.kill import run_kill
 from benchmarks.affinity.matrix import run_regime, stderr_log
 from benchmarks.affinity.plots import plot_kill, plot_matrix
 from benchmarks.affinity.report import build_document
-from benchmarks.affinity.settings import POLICIES, BenchSettings, full_settings, quick_settings
-from benchmarks.loadgen.results import machine_info, write_json
+from benchmarks.affinity.settings import (
+    BACKEND_HEADER,
+    POLICIES,
+    BenchSettings,
+    full_settings,
+    quick_settings,
+)
+from benchmarks.affinity.targets import check_targets
+from benchmarks.loadgen.results import git_state, machine_info, write_json
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -49,10 +61,27 @@ async def run_benchmark(settings: BenchSettings, out: Path, log_dir: Path, plot:
     stderr_log(f"wrote {out} ({document['wall_s']:.0f} s)")
     if plot:
         write_plots(document, out)
+    log_targets(document)
+    return document
+
+
+def log_targets(document: dict[str, Any]) -> None:
     for target in document["targets"]:
         stderr_log(f"target {'MET' if target['met'] else 'NOT MET' if target['met'] is False else '?'}: "
                    f"{target['target']}")
-    return document
+
+
+def recheck_targets(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with its kill measures recomputed from the stored timelines and its targets re-checked."""
+    settle_s = (document["settings"].get("kill") or {}).get("settle_s", 2.0)
+    kills = []
+    for kill in document.get("kills") or []:
+        moves, baseline = kill_moves(kill, BACKEND_HEADER, settle_s)
+        kills.append({**kill, "tenant_moves": moves, "baseline_moves_without_kill": baseline})
+    runs = [run for regime in document["regimes"] for run in regime["runs"]]
+    return {**document, "kills": kills, "targets": check_targets(runs, kills),
+            "targets_rechecked": {"at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                                  "git": git_state()}}
 
 
 def write_plots(document: dict[str, Any], out: Path) -> None:
@@ -128,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     vllm.add_argument("--out", type=Path, default=RESULTS / "affinity_vllm.json")
     plot = commands.add_parser("plot", help="redraw the PNGs of a results file")
     plot.add_argument("results", type=Path, nargs="?", default=RESULTS / "affinity.json")
+    targets = commands.add_parser("targets", help="re-check a results file's targets in place")
+    targets.add_argument("results", type=Path, nargs="?", default=RESULTS / "affinity.json")
     return parser
 
 
@@ -150,6 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         document = asyncio.run(run_vllm_comparison(args.requests, log_dir))
         write_json(args.out, document)
         stderr_log(f"wrote {args.out}")
+    elif args.command == "targets":
+        document = recheck_targets(json.loads(args.results.read_text()))
+        write_json(args.results, document)
+        log_targets(document)
     else:
         document = json.loads(args.results.read_text())
         write_plots(document, args.results)

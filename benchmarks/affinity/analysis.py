@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from benchmarks.affinity.observe import ZERO, PrefixCounters, Sample
@@ -99,7 +99,9 @@ def tenant_moves(records: Sequence[RequestRecord], header: str, split_s: float, 
     A tenant's engine in a period is the one that served most of its requests then; the ``settle_s`` after
     the split are left out (in-flight failures, the gateway noticing the death). Only tenants with at least
     ``min_requests`` in both periods are compared. Also: the share of the survivors' tenants' later
-    requests served by an engine that had served that tenant before (where its prefix was cached)."""
+    requests served by an engine that had served that tenant before (where its prefix was cached), and
+    the same share counting as kept, for a tenant the killed engine served part of, up to that part of its
+    later requests landing on engines new to it (that part had to move: it is the killed engine's share)."""
     before = tenant_engines((r for r in records if start_s <= r.start < split_s), header)
     after = tenant_engines((r for r in records if split_s + settle_s <= r.start < end_s), header)
     rows: list[dict[str, Any]] = []
@@ -114,10 +116,16 @@ def tenant_moves(records: Sequence[RequestRecord], header: str, split_s: float, 
     on_killed = [row for row in rows if row["before"] == killed]
     others = [row for row in rows if row["before"] != killed]
     kept = total = 0
+    excess = 0.0
     for row in others:
-        for engine, count in row["requests_after"].items():
-            total += count
-            kept += count if engine in row["requests_before"] else 0
+        before_counts, after_counts = row["requests_before"], row["requests_after"]
+        after_total = sum(after_counts.values())
+        on_new = sum(count for engine, count in after_counts.items() if engine not in before_counts)
+        total += after_total
+        kept += after_total - on_new
+        # The part of a tenant's traffic the killed engine served must go somewhere: it may land anywhere.
+        killed_share = before_counts.get(killed, 0) / sum(before_counts.values()) if killed else 0.0
+        excess += max(0.0, on_new - after_total * killed_share)
     return {
         "tenants_compared": len(rows),
         "tenants_on_killed": len(on_killed),
@@ -128,5 +136,27 @@ def tenant_moves(records: Sequence[RequestRecord], header: str, split_s: float, 
         "moved_fraction_of_compared": sum(row["moved"] for row in rows) / len(rows) if rows else None,
         "killed_share_of_compared": len(on_killed) / len(rows) if rows else None,
         "survivor_tenant_requests_on_a_previous_engine": kept / total if total else None,
+        "survivor_tenant_requests_kept_beyond_killed_share": 1.0 - excess / total if total else None,
         "tenants": rows,
     }
+
+
+def moves_across_kill(records: Sequence[RequestRecord], header: str, kill_at: float, killed: str,
+                      settle_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``tenant_moves`` across the kill, and the same comparison between the two halves of the time before
+    it: how much placements move with no kill at all (spills under the load bound, sessions, small
+    counts)."""
+    moves = tenant_moves(records, header, kill_at, killed, settle_s=settle_s)
+    baseline = tenant_moves(records, header, kill_at / 2, None, settle_s=0.0, end_s=kill_at)
+    return moves, baseline
+
+
+def kill_moves(kill: Mapping[str, Any], header: str,
+               settle_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A stored kill test's ``moves_across_kill``, recomputed from its request timeline (so results written
+    before a measure existed get it)."""
+    records = [RequestRecord(index=i, arrival=row["start_s"], start=row["start_s"], max_tokens=0,
+                             success=row["success"], tenant=row["tenant"],
+                             headers={header: row["engine"]} if row["engine"] else {})
+               for i, row in enumerate(kill["requests_timeline"])]
+    return moves_across_kill(records, header, kill["killed_at_s"], kill["killed"], settle_s)

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-from benchmarks.affinity.analysis import balance, hit_rate_windows, tenant_moves
+from benchmarks.affinity.analysis import balance, hit_rate_windows, moves_across_kill
 from benchmarks.affinity.matrix import Log, open_session, policy_target, regime_fleet, stderr_log
 from benchmarks.affinity.observe import StateSampler
 from benchmarks.affinity.runner import request_count, warm_up
@@ -61,10 +61,7 @@ async def run_kill(settings: BenchSettings, victim_rule: Literal["hottest", "oth
         result = await sending
         samples = await sampler.stop()
     # The sampler and the load generator start within a few ms of each other: one clock for both.
-    moves = tenant_moves(result.records, BACKEND_HEADER, kill_at, victim, settle_s=kill.settle_s)
-    # The same comparison between the two halves of the time before the kill: how much placements move
-    # with no kill at all (spills under the load bound, sessions, small counts).
-    baseline = tenant_moves(result.records, BACKEND_HEADER, kill_at / 2, None, settle_s=0.0, end_s=kill_at)
+    moves, baseline = moves_across_kill(result.records, BACKEND_HEADER, kill_at, victim, kill.settle_s)
     windows = hit_rate_windows(samples, kill.window_s)
     before = [w["hit_rate"] for w in windows if w["t_end_s"] <= kill_at and w["hit_rate"] is not None]
     after = [w["hit_rate"] for w in windows if w["t_start_s"] >= kill_at + kill.window_s

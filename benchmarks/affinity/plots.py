@@ -88,9 +88,11 @@ def _plot_one_kill(kill: Mapping[str, Any], rate_ax: Any, engines_ax: Any) -> No
     moves, base = kill["tenant_moves"], kill["baseline_moves_without_kill"]
     rate_ax.set(ylabel=f"prefix hit rate per {kill['window_s']:g} s window", ylim=(0, 1),
                 title=f"{kill['policy']}, {kill['regime']}, {kill['rate']:g} req/s: {kill['killed']} killed "
-                      f"({kill['victim_rule']})\nsurvivors' tenants' later requests on an engine that served "
-                      f"them before: {_pct(moves['survivor_tenant_requests_on_a_previous_engine'])} "
-                      f"(no kill: {_pct(base['survivor_tenant_requests_on_a_previous_engine'])})")
+                      f"({kill['victim_rule']})\nsurvivors' tenants' later requests kept where they were: "
+                      f"{_pct(moves.get('survivor_tenant_requests_kept_beyond_killed_share'))} "
+                      f"(their killed-engine part free to move; none free: "
+                      f"{_pct(moves['survivor_tenant_requests_on_a_previous_engine'])}; "
+                      f"no kill: {_pct(base['survivor_tenant_requests_on_a_previous_engine'])})")
     engines_ax.set(xlabel="seconds into the run", ylabel="requests started per second")
     timeline = kill["requests_timeline"]
     end = max((row["start_s"] for row in timeline), default=0.0)

@@ -19,6 +19,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from benchmarks.affinity.analysis import kill_moves
+from benchmarks.affinity.settings import BACKEND_HEADER
 from policies.prefix_affinity import PrefixAffinityConfig
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -34,8 +36,11 @@ def bound_min_load(document: dict[str, Any], stated: float | None = None) -> flo
 
 def kill_rows(document: dict[str, Any], source: str, stated: float | None = None) -> list[dict[str, Any]]:
     rows = []
+    settle_s = (document.get("settings", {}).get("kill") or {}).get("settle_s", 2.0)
     for kill in document.get("kills") or []:
         moves, baseline = kill["tenant_moves"], kill["baseline_moves_without_kill"]
+        if "survivor_tenant_requests_kept_beyond_killed_share" not in moves and "requests_timeline" in kill:
+            moves, baseline = kill_moves(kill, BACKEND_HEADER, settle_s)
         rows.append({
             "bound_min_load": bound_min_load(document, stated), "source": source,
             "command": document.get("command"), "created": document.get("created"),
@@ -43,6 +48,8 @@ def kill_rows(document: dict[str, Any], source: str, stated: float | None = None
             "survivor_tenants_moved": moves["tenants_on_survivors_moved"],
             "survivor_tenants": moves["tenants_on_survivors"],
             "survivor_requests_on_a_previous_engine": moves["survivor_tenant_requests_on_a_previous_engine"],
+            "survivor_requests_kept_beyond_killed_share":
+                moves.get("survivor_tenant_requests_kept_beyond_killed_share"),
             "same_without_kill": baseline["survivor_tenant_requests_on_a_previous_engine"],
             "hit_rate_before": kill["hit_rate_before_mean"], "hit_rate_after": kill["hit_rate_after_mean"],
             "failed_requests": kill["failed"],
@@ -50,17 +57,25 @@ def kill_rows(document: dict[str, Any], source: str, stated: float | None = None
     return rows
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    summary: dict[str, dict[str, float]] = {}
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per bound and victim: mean, min and max of the share with nothing free to move, and under
+    ``kept_beyond_killed_share`` the same of the share that lets each tenant's killed-engine part move."""
+    summary: dict[str, dict[str, Any]] = {}
     for bound in sorted({row["bound_min_load"] for row in rows}, reverse=True):
         for victim in ("hottest", "other"):
-            shares = [row["survivor_requests_on_a_previous_engine"] for row in rows
-                      if row["bound_min_load"] == bound and row["victim_rule"] == victim]
-            if shares:
-                summary[f"bound_min_load {bound:g}, {victim}"] = {
-                    "runs": len(shares), "mean": statistics.mean(shares),
-                    "min": min(shares), "max": max(shares)}
+            chosen = [row for row in rows if row["bound_min_load"] == bound and row["victim_rule"] == victim]
+            if not chosen:
+                continue
+            entry: dict[str, Any] = _spread([row["survivor_requests_on_a_previous_engine"] for row in chosen])
+            fair = [row["survivor_requests_kept_beyond_killed_share"] for row in chosen]
+            if None not in fair:
+                entry["kept_beyond_killed_share"] = _spread(fair)
+            summary[f"bound_min_load {bound:g}, {victim}"] = entry
     return summary
+
+
+def _spread(shares: list[float]) -> dict[str, Any]:
+    return {"runs": len(shares), "mean": statistics.mean(shares), "min": min(shares), "max": max(shares)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
                 "summary": summarize(rows), "runs": rows}
     args.out.write_text(json.dumps(document, indent=2))
     for key, value in document["summary"].items():
-        print(f"{key}: {value['mean']:.3f} over {value['runs']} runs ({value['min']:.3f}-{value['max']:.3f})")
+        fair = value.get("kept_beyond_killed_share")
+        beside = (f"; killed-engine part free to move: {fair['mean']:.3f} "
+                  f"({fair['min']:.3f}-{fair['max']:.3f})") if fair else ""
+        print(f"{key}: {value['mean']:.3f} over {value['runs']} runs ({value['min']:.3f}-{value['max']:.3f})"
+              f"{beside}")
     return 0
 
 

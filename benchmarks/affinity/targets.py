@@ -5,11 +5,19 @@ where it does not). Interpretations, where the issue's wording leaves room:
 - "within 5 points of the oracle": ``oracle hit rate - prefix_affinity hit rate <= 0.05`` (above is fine);
 - "within 3% of least_loaded" (0.5x, the control): prefix_affinity's request throughput at least 0.97x
   least_loaded's and its TTFT p90 at most 1.03x least_loaded's (better is fine);
-- the kill test: at least 95% of the later requests of the surviving engines' tenants go to an engine
-  that had served that tenant before the kill (its prefix stays where it was cached), and the killed
-  engine's tenants all move. Beside it, tenant by tenant: how many of the survivors' tenants changed their
-  main engine, and the same count between the two halves of the time before the kill (``baseline_*``),
-  since placements under a load bound (spills of hot tenants) move somewhat without any kill.
+- "max/mean in-flight per engine": each engine's in-flight (running + waiting) averaged over the run, the
+  busiest engine's over the mean of those (``max_over_mean_of_time_avg``). The stricter reading, the same
+  ratio at every 100 ms sample then averaged (``max_over_mean``), is checked as its own row with
+  round_robin's and least_loaded's beside it: at 5-17 requests per engine it mostly measures arrival
+  noise (least_loaded, whose only aim is balance, reads 1.17-1.35 by it), and the issue's own bounded
+  loads at c=1.25 admit ``ceil(1.25 * (N + 1) / n)`` per engine, 7 of a mean of 5 (1.4) at N=19, n=4;
+- the kill test: at least 95% of the later requests of the surviving engines' tenants stay on engines
+  that had served that tenant before the kill (its prefix stays where it was cached), a tenant being
+  allowed to move the part of its traffic the killed engine had served (that part is the killed engine's
+  share), and the killed engine's tenants all move. Beside it: the same share allowing nothing to move
+  (the reading of earlier runs), how many of the survivors' tenants changed their main engine, and the
+  same counts between the two halves of the time before the kill (``baseline_*``), since placements under
+  a load bound (spills of hot tenants) move somewhat without any kill.
 """
 
 from __future__ import annotations
@@ -68,13 +76,17 @@ def _control(pa: Run, ll: Run) -> tuple[bool | None, dict[str, Any]]:
         "ttft_p50_ratio": (pa["ttft_ms"]["p50"] / ll["ttft_ms"]["p50"]) if ll["ttft_ms"]["p50"] else None}
 
 
-def _balance(runs: Sequence[Run], regime: str, policy: str, limit: float) -> dict[str, Any]:
+def _balance(runs: Sequence[Run], regime: str, policy: str, limit: float, reading: str) -> dict[str, Any]:
+    """``reading``: "max_over_mean_of_time_avg" or "max_over_mean" (per sample); the other policies'
+    values of the same reading are given beside."""
     per_rate = []
+    others = {name: _runs_by_rate(runs, regime, name) for name in ("round_robin", "least_loaded")}
     for rate, run in sorted(_runs_by_rate(runs, regime, policy).items()):
-        value = run["balance"]["max_over_mean"]
-        per_rate.append({"rate": rate, "met": None if value is None else value <= limit,
-                         "max_over_mean": value,
-                         "max_over_mean_of_time_avg": run["balance"]["max_over_mean_of_time_avg"]})
+        value = run["balance"][reading]
+        beside = {name: by_rate[rate]["balance"][reading]
+                  for name, by_rate in others.items() if rate in by_rate}
+        per_rate.append({"rate": rate, "met": None if value is None else value <= limit, reading: value,
+                         "others": beside})
     verdicts = [row["met"] for row in per_rate]
     return {"met": None if not verdicts or None in verdicts else all(verdicts),
             "met_at_rates": [row["rate"] for row in per_rate if row["met"]], "per_rate": per_rate}
@@ -86,8 +98,12 @@ def check_targets(runs: Sequence[Run], kills: Sequence[dict[str, Any]]) -> list[
          **_compare(runs, AFFINITY_REGIME, "prefix_affinity", "oracle", _hit_gap)},
         {"target": "0.7x fleet: prefix_affinity TTFT p90 at most 0.4x round_robin's",
          **_compare(runs, AFFINITY_REGIME, "prefix_affinity", "round_robin", _ttft_ratio)},
-        {"target": "0.7x fleet: prefix_affinity max/mean in-flight per engine at most 1.25",
-         **_balance(runs, AFFINITY_REGIME, "prefix_affinity", 1.25)},
+        {"target": "0.7x fleet: prefix_affinity max/mean in-flight per engine at most 1.25 (each engine's "
+                   "in-flight averaged over the run)",
+         **_balance(runs, AFFINITY_REGIME, "prefix_affinity", 1.25, "max_over_mean_of_time_avg")},
+        {"target": "0.7x fleet: the stricter reading, max/mean in-flight at every 100 ms sample, averaged, "
+                   "at most 1.25",
+         **_balance(runs, AFFINITY_REGIME, "prefix_affinity", 1.25, "max_over_mean")},
         {"target": "0.5x one engine: prefix_affinity within 3% of least_loaded (throughput, TTFT p90)",
          **_compare(runs, CONTROL_REGIME, "prefix_affinity", "least_loaded", _control)},
     ]
@@ -97,7 +113,7 @@ def check_targets(runs: Sequence[Run], kills: Sequence[dict[str, Any]]) -> list[
         survivors = moves["tenants_on_survivors"]
         moved = moves["tenants_on_survivors_moved"]
         fraction = moves["survivors_moved_fraction"]
-        kept = moves["survivor_tenant_requests_on_a_previous_engine"]
+        kept = moves.get("survivor_tenant_requests_kept_beyond_killed_share")
         targets.append({
             "target": f"engine killed mid-run ({kill['victim_rule']}: {kill['killed']}): only its share of "
                       "prefixes moves",
@@ -109,6 +125,7 @@ def check_targets(runs: Sequence[Run], kills: Sequence[dict[str, Any]]) -> list[
             "killed_engine_tenants": moves["tenants_on_killed"],
             "moved_fraction_of_compared": moves["moved_fraction_of_compared"],
             "killed_share_of_compared": moves["killed_share_of_compared"],
+            "survivor_tenant_requests_kept_beyond_killed_share": kept,
             "survivor_tenant_requests_on_a_previous_engine":
                 moves["survivor_tenant_requests_on_a_previous_engine"],
             "baseline_tenants_moved_without_kill": baseline["tenants_on_survivors_moved"],

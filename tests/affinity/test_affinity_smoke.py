@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.affinity.__main__ import run_benchmark
+from benchmarks.affinity.__main__ import recheck_targets, run_benchmark
 from benchmarks.affinity.oracle import pin_tenants
 from benchmarks.affinity.settings import BenchSettings, FleetGeometry, KillSettings, Regime, Timing
 from benchmarks.workloads import SharedPrefixWorkload
@@ -70,6 +70,10 @@ async def test_harness_writes_every_field_and_the_oracle_pins_tenants(tmp_path: 
     after = [row for row in kill["requests_timeline"] if row["start_s"] > kill["killed_at_s"] + 0.2]
     assert after and all(row["engine"] != kill["killed"] for row in after if row["success"])
     targets = {target["target"]: target for target in document["targets"]}
-    assert len(targets) == 5 and all("met" in target for target in targets.values())
+    assert len(targets) == 6 and all("met" in target for target in targets.values())
+    # Re-checking from the stored timelines reproduces what the run measured.
+    rechecked = recheck_targets(json.loads(json.dumps(document)))
+    assert rechecked["kills"][0]["tenant_moves"] == kill["tenant_moves"]
+    assert rechecked["targets"] == document["targets"] and rechecked["targets_rechecked"]["git"]
     for png in ("affinity.png", "affinity_kill.png"):
         assert (tmp_path / png).stat().st_size > 0
