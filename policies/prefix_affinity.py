@@ -12,6 +12,11 @@ Decision, per request (``branch`` names what decided, for ``gateway_policy_decis
   one backend.
 - ``fallback``: every backend is over the bound: least loaded first.
 
+A hot prefix is shed first (``arrival_share.py``): a backend busier than the fleet's mean, past
+``bound_min_load``, is not eligible for a prefix that brought at least ``hot_share`` of its last
+``hot_window`` arrivals, so that prefix spreads (as ``spill``) before the backend's smaller tenants are
+pushed over the bound and off their cache.
+
 Ties break by ring order of the cold key, so replicas with the same view decide alike. The ranking is also
 the failover order. ``record`` speculatively inserts the request's blocks into the serving backend's index
 (call it with the same context object given to ``rank``: the prompt's hashes are reused, not recomputed).
@@ -27,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from policies.arrival_share import ArrivalShare
 from policies.base import Candidate, Ranking, RoutingContext
 from policies.hash_ring import DEFAULT_VNODES_PER_WEIGHT, RingCache, RingView
 from policies.load_bound import DEFAULT_LOAD_FACTOR, finite_loads
@@ -63,6 +69,10 @@ class PrefixAffinityConfig:
     # blocks (~128 tokens) of prefill.
     w_miss: float = 1.0
     w_load: float = 2.0
+    # Hot-prefix shedding (see the module docstring): the share of a backend's last ``hot_window``
+    # arrivals from which a prefix is shed while that backend is above the mean load. 0 turns it off.
+    hot_share: float = 0.5
+    hot_window: int = 32
     # Ring points per unit of backend weight.
     vnodes_per_weight: int = DEFAULT_VNODES_PER_WEIGHT
     # Index sizing: engine cache tokens -> characters -> blocks; the default when a backend reports no
@@ -83,6 +93,10 @@ class PrefixAffinityConfig:
             raise ValueError(f"bound_min_load must be >= 0, got {self.bound_min_load}")
         if self.w_miss < 0 or self.w_load < 0:
             raise ValueError("w_miss and w_load must be >= 0")
+        if not 0.0 <= self.hot_share <= 1.0:
+            raise ValueError(f"hot_share must be within [0, 1], got {self.hot_share}")
+        if self.hot_window < 1:
+            raise ValueError(f"hot_window must be >= 1, got {self.hot_window}")
         if self.vnodes_per_weight < 1:
             raise ValueError(f"vnodes_per_weight must be >= 1, got {self.vnodes_per_weight}")
         if self.chars_per_token <= 0:
@@ -108,6 +122,7 @@ class PrefixAffinity:
             max_backends=cfg.max_backends,
         )
         self._rings = RingCache(cfg.vnodes_per_weight, cfg.load_factor)
+        self.arrivals = ArrivalShare(cfg.hot_window, cfg.max_backends)
         # rank() hashes the prompt; record() for the same context object reuses the hashes and finds the
         # served backend's cache geometry among the candidates rank() saw. Keyed by identity: hashing an
         # 8 KB prompt string as a dict key would cost as much as a third of the decision.
@@ -155,6 +170,8 @@ class PrefixAffinity:
             return _ring_ranking(candidates, view, position, eligible, loads, matches, COLD)
         w_miss, w_load = cfg.w_miss, cfg.w_load
         normalized = view.bound.normalized(loads)
+        if cfg.hot_share > 0:
+            eligible = self._shed_hot(candidates, hashes, loads, normalized, eligible)
         # w_miss * (blocks - match) + w_load * load, less the constant w_miss * blocks.
         costs = [w_load * load - w_miss * match for match, load in zip(matches, normalized, strict=True)]
         ring_order = view.walk(position)
@@ -168,6 +185,27 @@ class PrefixAffinity:
         branch = HIT if matches[chosen] == best else SPILL
         return Ranking([candidates[i] for i in order], branch, matches[chosen])
 
+    def _key_block(self, hashes: Sequence[int]) -> int:
+        """The block that names the prompt's prefix (tenant): the last of the first ``key_blocks``."""
+        return hashes[min(self.config.key_blocks, len(hashes)) - 1]
+
+    def _shed_hot(self, candidates: Sequence[Candidate], hashes: Sequence[int], loads: list[float],
+                  normalized: list[float], eligible: list[bool]) -> list[bool]:
+        """``eligible`` less the busier-than-mean backends this prefix dominates (unless none is left)."""
+        mean = sum(normalized) / len(normalized)
+        floor = self.config.bound_min_load
+        key = self._key_block(hashes)
+        threshold = self.config.hot_share
+        shed = [
+            ok and normalized[i] > mean and loads[i] + 1 > floor
+            and self.arrivals.share(candidates[i].name, key) >= threshold
+            for i, ok in enumerate(eligible)
+        ]
+        if not any(shed):
+            return eligible
+        kept = [ok and not out for ok, out in zip(eligible, shed, strict=True)]
+        return kept if any(kept) else eligible
+
     def record(self, backend: str, context: RoutingContext) -> None:
         """Speculatively insert the request's blocks into ``backend``'s index.
 
@@ -180,6 +218,7 @@ class PrefixAffinity:
             hashes, seen = self.hasher.block_hashes(context.model, context.prompt), ()
         if not hashes:
             return
+        self.arrivals.add(backend, self._key_block(hashes))
         for candidate in seen:
             if candidate.name == backend:
                 self.index.insert(backend, hashes, candidate.cache_blocks, candidate.block_size)
@@ -188,6 +227,7 @@ class PrefixAffinity:
 
     def forget(self, backend: str) -> None:
         self.index.forget(backend)
+        self.arrivals.forget(backend)
 
 
 def _ring_ranking(

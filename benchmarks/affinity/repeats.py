@@ -1,14 +1,17 @@
 """The kill test's repeats gathered into one file: several ``python -m benchmarks.affinity run`` outputs
-(full runs or ``--kill-only``, each possibly with ``--option prefix_affinity.bound_min_load=N``) become,
-per bound_min_load and victim rule, the share of the surviving engines' tenants' requests after the kill
-that an engine which had served that tenant before served (with the same share measured without a kill,
-the run's baseline), and its mean, min and max over the runs.
+(full runs or ``--kill-only``, each possibly with ``--option prefix_affinity.OPTION=VALUE``) become, per
+setting of the options studied (``bound_min_load``, ``hot_share``) and victim rule, the share of the
+surviving engines' tenants' requests after the kill kept where they were: with each tenant's
+killed-engine part free to move (the target's measure) and with nothing free to move (earlier runs'
+measure), beside the same share measured without a kill (the run's baseline), as mean, min and max over
+the runs. Measures a run did not store are recomputed from its request timeline.
 
 Why: one kill run is noisy (the hottest engine's case ranged 79-96% over four runs at the same settings).
 
-Run: ``python -m benchmarks.affinity.repeats RUN.json [RUN.json=N ...] --out
-benchmarks/results/affinity_kill_repeats.json``; ``=N`` states the bound_min_load of a run whose
-settings do not record it (runs made before the option existed used 0 with no override).
+Run: ``python -m benchmarks.affinity.repeats RUN.json [RUN.json=SPEC ...] --out
+benchmarks/results/affinity_kill_repeats.json``; ``=SPEC`` states options a run's settings do not record
+because the code it ran lacked them or had other defaults: ``=N`` (bound_min_load) or
+``=bound_min_load:0,hot_share:0``.
 """
 
 from __future__ import annotations
@@ -26,15 +29,42 @@ from policies.prefix_affinity import PrefixAffinityConfig
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
-def bound_min_load(document: dict[str, Any], stated: float | None = None) -> float:
-    if stated is not None:
-        return stated
+STUDIED = ("bound_min_load", "hot_share")
+
+
+def parse_stated(spec: str) -> dict[str, float]:
+    """``N`` or ``option:value,option:value`` (options of ``STUDIED``)."""
+    if not spec:
+        return {}
+    if ":" not in spec:
+        return {"bound_min_load": float(spec)}
+    stated = {}
+    for item in spec.split(","):
+        option, _, value = item.partition(":")
+        if option not in STUDIED or not value:
+            raise SystemExit(f"=SPEC wants N or option:value,... with options of {STUDIED}, got {spec!r}")
+        stated[option] = float(value)
+    return stated
+
+
+def studied_options(document: dict[str, Any], stated: dict[str, float] | None = None) -> dict[str, float]:
+    """The run's effective values of the studied options: policy defaults, then its recorded overrides,
+    then what was stated."""
+    defaults = PrefixAffinityConfig()
     overrides = document["settings"].get("gateway_overrides", {})
-    options = overrides.get("routing", {}).get("options", {}).get("prefix_affinity", {})
-    return float(options.get("bound_min_load", PrefixAffinityConfig().bound_min_load))
+    recorded = overrides.get("routing", {}).get("options", {}).get("prefix_affinity", {})
+    effective = {option: float(getattr(defaults, option)) for option in STUDIED}
+    effective.update({option: float(value) for option, value in recorded.items() if option in STUDIED})
+    effective.update(stated or {})
+    return effective
 
 
-def kill_rows(document: dict[str, Any], source: str, stated: float | None = None) -> list[dict[str, Any]]:
+def label(options: dict[str, float]) -> str:
+    return ", ".join(f"{option} {options[option]:g}" for option in STUDIED)
+
+
+def kill_rows(document: dict[str, Any], source: str,
+              stated: dict[str, float] | None = None) -> list[dict[str, Any]]:
     rows = []
     settle_s = (document.get("settings", {}).get("kill") or {}).get("settle_s", 2.0)
     for kill in document.get("kills") or []:
@@ -42,7 +72,7 @@ def kill_rows(document: dict[str, Any], source: str, stated: float | None = None
         if "survivor_tenant_requests_kept_beyond_killed_share" not in moves and "requests_timeline" in kill:
             moves, baseline = kill_moves(kill, BACKEND_HEADER, settle_s)
         rows.append({
-            "bound_min_load": bound_min_load(document, stated), "source": source,
+            "options": studied_options(document, stated), "source": source,
             "command": document.get("command"), "created": document.get("created"),
             "victim_rule": kill["victim_rule"], "killed": kill["killed"],
             "survivor_tenants_moved": moves["tenants_on_survivors_moved"],
@@ -58,19 +88,21 @@ def kill_rows(document: dict[str, Any], source: str, stated: float | None = None
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per bound and victim: mean, min and max of the share with nothing free to move, and under
-    ``kept_beyond_killed_share`` the same of the share that lets each tenant's killed-engine part move."""
+    """Per setting and victim: mean, min and max of the target's share (``kept_beyond_killed_share``),
+    of the share with nothing free to move, and of the no-kill baseline."""
     summary: dict[str, dict[str, Any]] = {}
-    for bound in sorted({row["bound_min_load"] for row in rows}, reverse=True):
+    for setting in sorted({label(row["options"]) for row in rows}):
         for victim in ("hottest", "other"):
-            chosen = [row for row in rows if row["bound_min_load"] == bound and row["victim_rule"] == victim]
+            chosen = [row for row in rows
+                      if label(row["options"]) == setting and row["victim_rule"] == victim]
             if not chosen:
                 continue
-            entry: dict[str, Any] = _spread([row["survivor_requests_on_a_previous_engine"] for row in chosen])
             fair = [row["survivor_requests_kept_beyond_killed_share"] for row in chosen]
-            if None not in fair:
-                entry["kept_beyond_killed_share"] = _spread(fair)
-            summary[f"bound_min_load {bound:g}, {victim}"] = entry
+            entry: dict[str, Any] = _spread(fair) if None not in fair else {"runs": len(chosen)}
+            entry["nothing_free_to_move"] = _spread([row["survivor_requests_on_a_previous_engine"]
+                                                     for row in chosen])
+            entry["without_kill"] = _spread([row["same_without_kill"] for row in chosen])
+            summary[f"{setting}, {victim}"] = entry
     return summary
 
 
@@ -87,18 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows: list[dict[str, Any]] = []
     for run in args.runs:
-        name, _, stated = run.partition("=")
+        name, _, spec = run.partition("=")
         path = Path(name)
-        rows += kill_rows(json.loads(path.read_text()), path.name, float(stated) if stated else None)
+        rows += kill_rows(json.loads(path.read_text()), path.name, parse_stated(spec))
     document = {"what": __doc__.split("\n\n")[0].replace("\n", " "), "note": args.note,
                 "summary": summarize(rows), "runs": rows}
     args.out.write_text(json.dumps(document, indent=2))
     for key, value in document["summary"].items():
-        fair = value.get("kept_beyond_killed_share")
-        beside = (f"; killed-engine part free to move: {fair['mean']:.3f} "
-                  f"({fair['min']:.3f}-{fair['max']:.3f})") if fair else ""
-        print(f"{key}: {value['mean']:.3f} over {value['runs']} runs ({value['min']:.3f}-{value['max']:.3f})"
-              f"{beside}")
+        other = value["nothing_free_to_move"]
+        print(f"{key}: {value.get('mean', float('nan')):.3f} over {value['runs']} runs "
+              f"({value.get('min', float('nan')):.3f}-{value.get('max', float('nan')):.3f}); nothing free "
+              f"to move {other['mean']:.3f}; without a kill {value['without_kill']['mean']:.3f}")
     return 0
 
 

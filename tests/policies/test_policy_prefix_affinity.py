@@ -234,3 +234,28 @@ def test_bounded_load_holds_under_a_zipf_prompt_stream() -> None:
 def test_bounded_load_holds_under_a_zipf_routing_key_stream() -> None:
     branches = run_skewed_stream(policy(bound_min_load=0), use_keys=True)
     assert set(branches) == {"key"}
+
+
+def test_a_prefix_that_dominates_a_busy_backend_is_shed_first() -> None:
+    hot, small = TENANT + "hot q", "A small tenant's own long preamble, cached on b0. " * 6 + "q"
+    busy = fleet(3, {"b0": 8, "b1": 6, "b2": 6})  # b0 within the bound (9), above the mean, at the floor
+    for hot_share, shed in ((0.5, True), (0.0, False)):
+        p = policy(hot_share=hot_share, hot_window=8)
+        for prompt in (hot, small):  # both cached on b0 only
+            p.index.insert("b0", p.hasher.block_hashes("m", prompt))
+        for _ in range(5):  # 5 of b0's last 8 arrivals were the hot prefix, 3 the small tenant
+            p.record("b0", ctx(hot))
+        for _ in range(3):
+            p.record("b0", ctx(small))
+        ranking = p.rank(busy, ctx(hot))
+        assert (ranking.order[0].name != "b0") is shed, "its cache on b0 outweighs b0's extra load"
+        assert ranking.branch == ("spill" if shed else "hit")
+        # The small tenant keeps b0 either way (3 of 8 is under the share).
+        assert p.rank(busy, ctx(small)).order[0].name == "b0"
+    # Not shed at or below the mean, nor below bound_min_load.
+    p = policy(hot_window=8)
+    p.index.insert("b0", p.hasher.block_hashes("m", hot))
+    for _ in range(8):
+        p.record("b0", ctx(hot))
+    assert p.rank(fleet(3, {"b0": 9, "b1": 9, "b2": 9}), ctx(hot)).order[0].name == "b0"
+    assert p.rank(fleet(3, {"b0": 6, "b1": 1, "b2": 1}), ctx(hot)).order[0].name == "b0"
