@@ -11,7 +11,7 @@ adapter can decide between a fail-over error and a mid-stream error.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -64,6 +64,7 @@ class _Whole(msgspec.Struct):
     error: Any = None
 
 
+_Body = TypeVar("_Body", _Chunk, _Whole)
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
 _whole_decoder = msgspec.json.Decoder(_Whole)
 _any_decoder = msgspec.json.Decoder()
@@ -96,12 +97,7 @@ class OpenAiStreamParser:
             return []
         if event.event == "error":
             raise EngineReportedError(_error_payload(data))
-        try:
-            chunk = _chunk_decoder.decode(data)
-        except msgspec.DecodeError as exc:
-            raise MalformedEventError(f"unparsable chunk: {exc}: {data[:200]!r}") from None
-        if chunk.error is not None:
-            raise EngineReportedError(_error_payload(data))
+        chunk = _decode(_chunk_decoder, data, "chunk")
         if self.done:
             raise MalformedEventError("chunk after [DONE]")
         if chunk.usage is not None:
@@ -127,18 +123,25 @@ def parse_whole(raw: bytes) -> Completed:
     """A whole (non-stream) chat or text completion body: the first choice's text, its finish reason,
     the usage. An ``{"error": ...}`` body raises ``EngineReportedError``, garbage or no choice
     ``MalformedEventError``."""
-    try:
-        whole = _whole_decoder.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise MalformedEventError(f"unparsable answer: {exc}: {raw[:200]!r}") from None
-    if whole.error is not None:
-        raise EngineReportedError(_error_payload(raw))
+    whole = _decode(_whole_decoder, raw, "answer")
     if not whole.choices:
         raise MalformedEventError(f"an answer without a choice: {raw[:200]!r}")
     choice = whole.choices[0]
     text = choice.message.content if choice.message is not None else choice.text
     return Completed(text=text or "", finish_reason=choice.finish_reason or None,
                      usage=_usage(whole.usage) if whole.usage is not None else None)
+
+
+def _decode(decoder: msgspec.json.Decoder[_Body], data: str | bytes, what: str) -> _Body:
+    """``data`` decoded; garbage raises ``MalformedEventError``, an ``{"error": ...}`` object
+    ``EngineReportedError``."""
+    try:
+        body = decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise MalformedEventError(f"unparsable {what}: {exc}: {data[:200]!r}") from None
+    if body.error is not None:
+        raise EngineReportedError(_error_payload(data))
+    return body
 
 
 def _usage(usage: _Usage) -> Usage:
