@@ -87,6 +87,8 @@ def dump_prefix(client: redis.Redis, prefix: str) -> bytes:
     dumped = b""
     for key in client.scan_iter(match=f"{prefix}*", count=500):
         kind: Any = client.type(key)
+        if kind == b"none":  # expired (limit counters carry TTLs) between SCAN and TYPE: nothing left
+            continue
         readers: dict[bytes, Any] = {
             b"hash": client.hgetall, b"set": client.smembers, b"string": client.get,
             b"list": lambda k: client.lrange(k, 0, -1),
