@@ -169,14 +169,13 @@ class DataPlane:
         pipeline = self._pipeline
         principal = await pipeline.authenticate(headers)
         request = parse(decode_json(body))
-        lease = await pipeline.admit(principal, request)
-        on_done = pipeline.on_done(request, dialect, lease, started)
         renderer = OpenAIRenderer(request)
         if request.stream:
-            attempt = await pipeline.open(request, lease, headers)
+            lease, on_done, attempt = await pipeline.admit_and_open(principal, request, headers, dialect,
+                                                                    started)
             return StreamReply(relay_openai(attempt, request, renderer, self._metrics, on_done),
                                {**SSE_HEADERS, **lease.headers, BACKEND_HEADER: attempt.backend.name})
-        result = await pipeline.complete(request, lease, headers, on_done)
+        lease, result = await pipeline.admit_and_complete(principal, request, headers, dialect, started)
         return Reply(200, renderer.response(result.text, result.finish_reason, result.usage),
                      {**JSON_HEADERS, **lease.headers, BACKEND_HEADER: result.backend})
 
@@ -189,13 +188,12 @@ class DataPlane:
         pipeline = self._pipeline
         principal = await pipeline.authenticate(headers)
         request = parse_native(data, self._default_model)
-        lease = await pipeline.admit(principal, request)
-        on_done = pipeline.on_done(request, "native", lease, started)
         if request.stream:
-            attempt = await pipeline.open(request, lease, headers)
+            lease, on_done, attempt = await pipeline.admit_and_open(principal, request, headers, "native",
+                                                                    started)
             return StreamReply(relay_native(attempt, request, on_done),
                                {**SSE_HEADERS, **lease.headers, BACKEND_HEADER: attempt.backend.name})
-        result = await pipeline.complete(request, lease, headers, on_done)
+        lease, result = await pipeline.admit_and_complete(principal, request, headers, "native", started)
         tokens = result.usage.completion_tokens if result.usage else 0
         return Reply(200, native_response(result.text, tokens, result.finish_reason),
                      {**JSON_HEADERS, **lease.headers, BACKEND_HEADER: result.backend})
@@ -222,13 +220,12 @@ class DataPlane:
             principal = await pipeline.authenticate(headers)
             parsed = parse_tgi(data, self._default_model, stream=stream)
             request = parsed.request
-            lease = await pipeline.admit(principal, request)
-            on_done = pipeline.on_done(request, "tgi", lease, started)
             if request.stream:
-                attempt = await pipeline.open(request, lease, headers)
+                lease, on_done, attempt = await pipeline.admit_and_open(principal, request, headers, "tgi",
+                                                                        started)
                 return StreamReply(relay_tgi(attempt, request, on_done),
                                    {**SSE_HEADERS, **lease.headers, BACKEND_HEADER: attempt.backend.name})
-            result = await pipeline.complete(request, lease, headers, on_done)
+            lease, result = await pipeline.admit_and_complete(principal, request, headers, "tgi", started)
         except GatewayError as exc:
             return tgi_error_reply(exc)
         tokens = result.usage.completion_tokens if result.usage else 0

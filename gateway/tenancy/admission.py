@@ -34,6 +34,7 @@ from gateway.tenancy.metrics import TenancyMetrics
 from gateway.tenancy.planner import ledger_key, plan_limits
 from gateway.tenancy.redis_store import RedisLimitStore, connect, fast_pipeline
 from gateway.tenancy.refusal import refusal_message
+from gateway.tenancy.speculation import Scope, SpeculationBudget
 from gateway.tenancy.store import STORE_ERRORS, AdmitPlan, AdmitResult, Ledger, LimitStore
 from policies.ratelimit import Demand, LimitKind
 
@@ -89,6 +90,7 @@ class Admission:
         lease_prefix = secrets.token_hex(8)
         self._lease_ids = (f"{lease_prefix}{n:x}" for n in itertools.count())
         self._background: asyncio.Task[None] | None = None
+        self._speculation = SpeculationBudget()
         self._anonymous = Principal(tenant=config.default_tenant)
         self.metrics.auth_enabled.set(1 if config.auth_enabled else 0)
         if not config.auth_enabled:
@@ -119,6 +121,7 @@ class Admission:
         self._tenants = {t.name: t for t in config.tenants}
         self._key_limits = {k.id: k.limits for k in config.keys}
         self._anonymous = Principal(tenant=config.default_tenant)
+        self._speculation = SpeculationBudget()  # the limits may have changed: wait for the store again
         self.keys.replace_config_keys(config.keys)
         self.metrics.auth_enabled.set(1 if config.auth_enabled else 0)
 
@@ -176,35 +179,78 @@ class Admission:
             self.metrics.auth_failures.labels("admin").inc()
             raise AuthenticationError("Invalid admin key.", code="invalid_admin_key")
 
+    def _reservation(self, prompt_tokens_estimate: int, max_tokens: int | None) -> tuple[int, int]:
+        """The prompt and completion tokens a request reserves (bounded so store arithmetic stays exact)."""
+        prompt = min(max(0, prompt_tokens_estimate), MAX_TOKENS)
+        asked = max_tokens if max_tokens is not None else self._config.default_completion_reservation
+        return prompt, min(max(0, asked), MAX_TOKENS)
+
+    def speculate(self, principal: Principal, model: str, prompt_tokens_estimate: int,
+                  max_tokens: int | None) -> bool:
+        """Whether the engine request may start before ``admit`` has decided (``speculation.py``): the
+        store is Redis (a round trip to hide), every limit is a per-minute bucket the store reports room
+        for (no daily quota, no concurrency), the decision cannot lower max_tokens (no clamping on a
+        token limit), and the scope's last answer left room beyond the speculations still pending. When
+        it says yes, pass ``speculative=True`` to ``admit`` for that request."""
+        config = self._config
+        if not config.speculative_admission or self._redis_store is None:
+            return False
+        tenant = self._tenants.get(principal.tenant)
+        if tenant is None:
+            return False
+        limits = plan_limits(config.redis_prefix, config.global_limits, tenant, model,
+                             principal.key_id, self._key_limits.get(principal.key_id or ""))
+        if not limits:
+            return False
+        kinds = {planned.limit.kind for planned in limits}
+        if not kinds <= {LimitKind.REQUESTS, LimitKind.TOKENS} or (
+                tenant.clamp_max_tokens and LimitKind.TOKENS in kinds):
+            return False
+        prompt, completion = self._reservation(prompt_tokens_estimate, max_tokens)
+        return self._speculation.take(_scope(principal, model), prompt + completion)
+
     async def admit(self, principal: Principal, model: str, prompt_tokens_estimate: int,
-                    max_tokens: int | None) -> Lease:
-        """Reserve prompt + max_tokens (or the default reservation) on every applicable limit."""
+                    max_tokens: int | None, *, speculative: bool = False) -> Lease:
+        """Reserve prompt + max_tokens (or the default reservation) on every applicable limit.
+        ``speculative``: ``speculate`` said yes for this request (its engine request has started)."""
         self._ensure_background()
         tenant = self._tenant_of(principal)
         limits = plan_limits(self._config.redis_prefix, self._config.global_limits, tenant, model,
                              principal.key_id, self._key_limits.get(principal.key_id or ""))
         if not limits:
             return Lease(self, principal.tenant, None, None, 0, 0, {}, max_tokens)
-        prompt = min(max(0, prompt_tokens_estimate), MAX_TOKENS)
-        asked = max_tokens if max_tokens is not None else self._config.default_completion_reservation
-        completion = min(max(0, asked), MAX_TOKENS)
+        prompt, completion = self._reservation(prompt_tokens_estimate, max_tokens)
         demand = Demand(prompt, completion, tenant.clamp_max_tokens,
                         min(self._config.min_clamped_tokens, completion))
         plan = AdmitPlan(next(self._lease_ids), limits, ledger_key(self._config.redis_prefix, tenant.name),
                          demand, int(self._config.lease_ttl_s * 1e6))
         started = time.perf_counter()
+        scope = _scope(principal, model)
         attempt = asyncio.ensure_future(self._limiter.admit(plan))
         try:
             result, store = await asyncio.shield(attempt)
         except asyncio.CancelledError:
             # The client left while the store was deciding: refund whatever it admits.
             attempt.add_done_callback(functools.partial(self._release_orphan, plan))
+            self._speculation.forget(scope)
             raise
         except ServiceUnavailableError:
+            self._speculation.forget(scope)
             self.metrics.decisions.labels(tenant.name, "unavailable").inc()
+            if speculative:
+                self.metrics.speculations.labels("unavailable").inc()
             raise
         self.metrics.admit_seconds.labels(store.name).observe(time.perf_counter() - started)
         decision = result.decision
+        if speculative:
+            self.metrics.speculations.labels("admitted" if decision.admitted else "limited").inc()
+        if store is self._redis_store:  # a fallback store's room says nothing of the shared buckets
+            self._speculation.decided(
+                scope, prompt + completion, speculative=speculative, admitted=decision.admitted,
+                requests_left=math.inf if result.requests is None else result.requests.remaining,
+                tokens_left=math.inf if result.tokens is None else result.tokens.remaining)
+        else:
+            self._speculation.forget(scope)
         headers = rate_limit_headers(result.requests, result.tokens)
         if not decision.admitted:
             refused = limits[decision.refused_index]
@@ -307,3 +353,7 @@ class Admission:
             await self._redis_store.aclose()
         if self._owns_redis and self._redis is not None:
             await self._redis.aclose()
+
+
+def _scope(principal: Principal, model: str) -> Scope:
+    return principal.tenant, principal.key_id or "", model

@@ -95,6 +95,11 @@ class TenancyConfig(_Strict):
     # Output tokens reserved when a request gives no max_tokens (settled to the real usage later).
     default_completion_reservation: int = Field(default=1024, ge=0)
     min_clamped_tokens: int = Field(default=16, ge=1)
+    # With the Redis store, start the engine request while Redis decides the admission (its round trip
+    # off the latency path); a refusal cancels it and the client gets the 429 as before. Only for
+    # requests the store's last answer for their tenant/key/model left room for, under per-minute
+    # limits only, without max_tokens clamping (gateway/tenancy/speculation.py).
+    speculative_admission: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> TenancyConfig:

@@ -40,6 +40,10 @@ class TenancyMetrics:
         self.store_up = Gauge(
             "gateway_ratelimit_store_up", "1 while the limiter store answers, 0 during an incident",
             registry=registry)
+        self.speculations = Counter(
+            "gateway_ratelimit_speculative_admissions", "Requests whose engine request started while the "
+            "store decided, by the store's answer (admitted; limited or unavailable: the engine request "
+            "was cancelled)", ["outcome"], registry=registry)
         self.active_leases = Gauge(
             "gateway_ratelimit_active_leases", "Admitted requests not yet settled on this replica",
             registry=registry)
