@@ -1,7 +1,9 @@
 """Gateway overhead, wire to wire: the same client sends the same requests straight to an engine and
 through the gateway, interleaved batch by batch in one run, non-stream and stream, at several
 concurrencies, with the gateway pinned to one core and the full pipeline on (API keys, Redis limits,
-prefix_affinity, metrics, logs) or off (no auth, in-memory limits with none set, round robin).
+prefix_affinity, metrics, logs) or off (no auth, in-memory limits with none set, round robin), and the
+full pipeline again with speculative admission off (``full-sequential``: the engine request waits for
+Redis's answer), so the same run shows what starting it beside the admission buys.
 
 Reported per (pipeline, mode, concurrency): added p50/p99 end-to-end latency, added p50 time to first
 chunk, gateway CPU ms per request (from /proc of the gateway process during its batches only) and SSE
@@ -48,7 +50,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def gateway_config(engine_url: str, full: bool, prefix: str) -> tuple[dict[str, Any], str | None]:
+def gateway_config(engine_url: str, full: bool, prefix: str,
+                   speculative: bool = True) -> tuple[dict[str, Any], str | None]:
     backend = {"name": "engine", "kind": "vllm", "url": engine_url, "models": [MODEL]}
     if not full:
         return {"backends": [backend], "routing": {"default_policy": "round_robin"},
@@ -59,6 +62,7 @@ def gateway_config(engine_url: str, full: bool, prefix: str) -> tuple[dict[str, 
         "tenants": [{"name": "bench", "limits": {"requests_per_minute": 10_000_000,
                                                  "tokens_per_minute": 70_000_000}}],
         "keys": [{"id": key.key_id, "hash": key.key_hash, "tenant": "bench"}],
+        "speculative_admission": speculative,
     }
     return {"backends": [backend], "routing": {"default_policy": "prefix_affinity"},
             "server": {"log_level": "info"}, "tenancy": tenancy}, key.key
@@ -76,6 +80,9 @@ def peer_command(name: str, bin_dir: Path, engine_url: str, port: int) -> list[s
     raise ValueError(f"unknown peer {name!r}")
 
 
+# "full-sequential": the full pipeline with the engine request started only after Redis admitted it
+# (tenancy.speculative_admission off), for the same run's comparison.
+PIPELINES = ("off", "full", "full-sequential")
 PEER_SETUPS = {"vllm-router": "vllm-router, round_robin", "sglang-router": "SGLang router, cache_aware"}
 
 
@@ -188,13 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         "runs": {},
     }
     try:
-        for pipeline in ("off", "full", *args.peers):
+        for pipeline in (*PIPELINES, *args.peers):
             port = free_port()
             api_key: str | None = None
             if pipeline in PEER_SETUPS:
                 command = peer_command(pipeline, args.peer_bin, engine.url, port)
             else:
-                config, api_key = gateway_config(engine.url, pipeline == "full", f"bench-{os.getpid()}:")
+                config, api_key = gateway_config(engine.url, pipeline != "off", f"bench-{os.getpid()}:",
+                                                 speculative=pipeline == "full")
                 config_path = log_dir / f"gateway-{pipeline}.yaml"
                 config_path.write_text(yaml.safe_dump(config))
                 command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path),
