@@ -53,6 +53,7 @@ from prometheus_client import CollectorRegistry
 from gateway.app import create_app
 from gateway.composition import build_gateway
 from gateway.dataplane import ASGIApp, Receive, Scope, Send
+from gateway.gc_tuning import tune_for_serving
 from gateway.metrics import BackendCollector, BackendGaugePublisher, WorkersCollector, use_worker_files
 from gateway.settings import ConfigError, GatewaySettings, parse_settings
 
@@ -80,8 +81,8 @@ def server_config(app: Any, settings: GatewaySettings, host: str, port: int) -> 
 
 class GatewayServer(uvicorn.Server):
     """uvicorn re-raises a captured SIGTERM/SIGINT after shutdown, which would kill the process before
-    the engines it launched are stopped; here a signal only asks the server to exit. ``on_started``
-    runs once the server listens."""
+    the engines it launched are stopped; here a signal only asks the server to exit. Once the server
+    listens, the garbage collector is set for serving (``gc_tuning.py``) and ``on_started`` runs."""
 
     def __init__(self, config: uvicorn.Config, on_started: Callable[[], None] | None = None) -> None:
         super().__init__(config)
@@ -100,8 +101,10 @@ class GatewayServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self.started and self._on_started is not None:
-            self._on_started()
+        if self.started:
+            tune_for_serving()
+            if self._on_started is not None:
+                self._on_started()
 
 
 def check_workers(settings: GatewaySettings, workers: int) -> None:
