@@ -20,11 +20,12 @@ from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client import CollectorRegistry, Gauge, values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from gateway.cached_metrics import CachedCounter, CachedHistogram
 from gateway.registry import Registry
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -33,29 +34,29 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.requests = Counter(
+        self.requests = CachedCounter(
             "gateway_requests", "Requests by outcome", ["model", "backend", "dialect", "outcome"],
             registry=registry)
-        self.duration = Histogram(
+        self.duration = CachedHistogram(
             "gateway_request_duration_seconds", "Request duration at the gateway", ["model", "dialect"],
             buckets=_LATENCY_BUCKETS, registry=registry)
-        self.ttft = Histogram(
+        self.ttft = CachedHistogram(
             "gateway_request_ttft_seconds", "Time to the first engine event", ["model", "backend"],
             buckets=_LATENCY_BUCKETS, registry=registry)
-        self.itl = Histogram(
+        self.itl = CachedHistogram(
             "gateway_request_inter_token_seconds", "Gaps between relayed chunks", ["model"],
             buckets=_LATENCY_BUCKETS, registry=registry)
-        self.tokens = Counter(
+        self.tokens = CachedCounter(
             "gateway_request_tokens", "Tokens by direction as engines reported",
             ["model", "backend", "direction"], registry=registry)
-        self.upstream_errors = Counter(
+        self.upstream_errors = CachedCounter(
             "gateway_upstream_errors", "Failed upstream attempts", ["backend", "code"], registry=registry)
-        self.failovers = Counter(
+        self.failovers = CachedCounter(
             "gateway_failover", "Attempts moved to another backend", ["model", "reason"], registry=registry)
-        self.decisions = Counter(
+        self.decisions = CachedCounter(
             "gateway_policy_decisions", "Routing decisions by branch", ["model", "policy", "branch"],
             registry=registry)
-        self.predicted_hit_blocks = Histogram(
+        self.predicted_hit_blocks = CachedHistogram(
             "gateway_policy_predicted_hit_blocks", "Prefix blocks predicted cached on the chosen backend",
             ["model"], buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256), registry=registry)
 
