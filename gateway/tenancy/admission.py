@@ -31,12 +31,12 @@ from gateway.tenancy.lease import Lease
 from gateway.tenancy.limiter import Limiter, StoreHealth
 from gateway.tenancy.memory_store import MemoryLimitStore
 from gateway.tenancy.metrics import TenancyMetrics
-from gateway.tenancy.planner import ledger_key, plan_limits
+from gateway.tenancy.planner import PlanCache, ScopePlan, ledger_key
 from gateway.tenancy.redis_store import RedisLimitStore, connect, fast_pipeline
 from gateway.tenancy.refusal import refusal_message
 from gateway.tenancy.speculation import Scope, SpeculationBudget
 from gateway.tenancy.store import STORE_ERRORS, AdmitPlan, AdmitResult, Ledger, LimitStore
-from policies.ratelimit import Demand, LimitKind
+from policies.ratelimit import Demand
 
 MAX_TOKENS = 10**9  # client numbers beyond this are absurd; bounded so store arithmetic stays exact
 LAST_USED_FLUSH_S = 5.0
@@ -91,6 +91,7 @@ class Admission:
         self._lease_ids = (f"{lease_prefix}{n:x}" for n in itertools.count())
         self._background: asyncio.Task[None] | None = None
         self._speculation = SpeculationBudget()
+        self._plans = PlanCache(config.redis_prefix, config.global_limits)
         self._anonymous = Principal(tenant=config.default_tenant)
         self.metrics.auth_enabled.set(1 if config.auth_enabled else 0)
         if not config.auth_enabled:
@@ -122,6 +123,7 @@ class Admission:
         self._key_limits = {k.id: k.limits for k in config.keys}
         self._anonymous = Principal(tenant=config.default_tenant)
         self._speculation = SpeculationBudget()  # the limits may have changed: wait for the store again
+        self._plans = PlanCache(config.redis_prefix, config.global_limits)
         self.keys.replace_config_keys(config.keys)
         self.metrics.auth_enabled.set(1 if config.auth_enabled else 0)
 
@@ -179,6 +181,9 @@ class Admission:
             self.metrics.auth_failures.labels("admin").inc()
             raise AuthenticationError("Invalid admin key.", code="invalid_admin_key")
 
+    def _plan(self, principal: Principal, tenant: TenantConfig, model: str) -> ScopePlan:
+        return self._plans.plan(tenant, model, principal.key_id, self._key_limits.get(principal.key_id or ""))
+
     def _reservation(self, prompt_tokens_estimate: int, max_tokens: int | None) -> tuple[int, int]:
         """The prompt and completion tokens a request reserves (bounded so store arithmetic stays exact)."""
         prompt = min(max(0, prompt_tokens_estimate), MAX_TOKENS)
@@ -198,13 +203,7 @@ class Admission:
         tenant = self._tenants.get(principal.tenant)
         if tenant is None:
             return False
-        limits = plan_limits(config.redis_prefix, config.global_limits, tenant, model,
-                             principal.key_id, self._key_limits.get(principal.key_id or ""))
-        if not limits:
-            return False
-        kinds = {planned.limit.kind for planned in limits}
-        if not kinds <= {LimitKind.REQUESTS, LimitKind.TOKENS} or (
-                tenant.clamp_max_tokens and LimitKind.TOKENS in kinds):
+        if not self._plan(principal, tenant, model).speculatable:
             return False
         prompt, completion = self._reservation(prompt_tokens_estimate, max_tokens)
         return self._speculation.take(_scope(principal, model), prompt + completion)
@@ -215,8 +214,8 @@ class Admission:
         ``speculative``: ``speculate`` said yes for this request (its engine request has started)."""
         self._ensure_background()
         tenant = self._tenant_of(principal)
-        limits = plan_limits(self._config.redis_prefix, self._config.global_limits, tenant, model,
-                             principal.key_id, self._key_limits.get(principal.key_id or ""))
+        scope_plan = self._plan(principal, tenant, model)
+        limits = scope_plan.limits
         if not limits:
             return Lease(self, principal.tenant, None, None, 0, 0, {}, max_tokens)
         prompt, completion = self._reservation(prompt_tokens_estimate, max_tokens)
@@ -261,8 +260,7 @@ class Admission:
             raise RateLimitError(refusal_message(refused, tenant.name, prompt + decision.completion_tokens,
                                                  decision.retry_after_us), headers=headers)
         granted = max_tokens
-        token_limited = any(p.limit.kind in (LimitKind.TOKENS, LimitKind.QUOTA) for p in limits)
-        if tenant.clamp_max_tokens and token_limited and (
+        if tenant.clamp_max_tokens and scope_plan.token_limited and (
                 max_tokens is None or decision.completion_tokens < max_tokens):
             granted = decision.completion_tokens
         clamped = max_tokens is not None and granted is not None and granted < max_tokens

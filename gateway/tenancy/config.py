@@ -59,7 +59,9 @@ class TenantConfig(_Strict):
     clamp_max_tokens: bool = False
 
     def allows(self, model: str) -> bool:
-        return any(fnmatchcase(model, pattern) for pattern in self.models)
+        # Asked on every request: "*" and exact names (the usual config) skip fnmatch's regex.
+        return any(pattern == "*" or pattern == model or fnmatchcase(model, pattern)
+                   for pattern in self.models)
 
 
 class KeyConfig(_Strict):

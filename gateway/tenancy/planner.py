@@ -6,9 +6,13 @@ across replicas so every replica charges the same counters.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from gateway.tenancy.config import DAY_US, MINUTE_US, LimitsConfig, TenantConfig
 from gateway.tenancy.store import PlannedLimit
 from policies.ratelimit import Limit, LimitKind
+
+_SPECULATABLE_KINDS = frozenset({LimitKind.REQUESTS, LimitKind.TOKENS})
 
 
 def scope_limits(limits: LimitsConfig | None, scope: str, key_base: str) -> list[PlannedLimit]:
@@ -41,3 +45,47 @@ def plan_limits(prefix: str, global_limits: LimitsConfig, tenant: TenantConfig, 
 
 def ledger_key(prefix: str, tenant: str) -> str:
     return f"{prefix}ledger:t:{tenant}"
+
+
+@dataclass(frozen=True, slots=True)
+class ScopePlan:
+    """The limits of one (tenant, model, key) and what follows from them alone."""
+
+    limits: tuple[PlannedLimit, ...]
+    # Only per-minute request/token buckets, and no clamping on a token limit: speculation may apply.
+    speculatable: bool
+    # A token limit or daily quota applies (what clamping lowers max_tokens against).
+    token_limited: bool
+
+
+class PlanCache:
+    """``plan_limits`` per (tenant, model, key id), made once: the answer depends only on config, and
+    every request asks for it (twice with speculation). Bounded: emptied when it reaches
+    ``max_entries`` (keys can be many: created through the admin API). Drop it when config changes."""
+
+    __slots__ = ("_entries", "_global_limits", "_max_entries", "_prefix")
+
+    def __init__(self, prefix: str, global_limits: LimitsConfig, max_entries: int = 4096) -> None:
+        self._prefix = prefix
+        self._global_limits = global_limits
+        self._max_entries = max_entries
+        self._entries: dict[tuple[str, str, str | None], ScopePlan] = {}
+
+    def plan(self, tenant: TenantConfig, model: str, key_id: str | None,
+             key_limits: LimitsConfig | None) -> ScopePlan:
+        entry_key = (tenant.name, model, key_id)
+        entry = self._entries.get(entry_key)
+        if entry is None:
+            limits = plan_limits(self._prefix, self._global_limits, tenant, model, key_id, key_limits)
+            kinds = {planned.limit.kind for planned in limits}
+            token_limited = bool(kinds & {LimitKind.TOKENS, LimitKind.QUOTA})
+            speculatable = bool(limits) and kinds <= _SPECULATABLE_KINDS and not (
+                tenant.clamp_max_tokens and token_limited)
+            entry = ScopePlan(limits, speculatable, token_limited)
+            if len(self._entries) >= self._max_entries:
+                self._entries.clear()
+            self._entries[entry_key] = entry
+        return entry
+
+    def __len__(self) -> int:
+        return len(self._entries)
