@@ -9,11 +9,12 @@ Reported per (pipeline, mode, concurrency): added p50/p99 end-to-end latency, ad
 chunk, gateway CPU ms per request (from /proc of the gateway process during its batches only) and SSE
 events relayed per second. Writes JSON and a PNG. Run: ``python -m benchmarks.overhead [--quick]``.
 
-``--peers vllm-router sglang-router`` measures those routers too, by the same method in the same run (pinned
-to the same core, in front of the same engine): vllm-router with round_robin, SGLang's router with
-cache_aware. They are not dependencies of the project: install them from PyPI in a venv of their own
-(``python3 -m venv /tmp/peers && /tmp/peers/bin/pip install vllm-router sglang-router``) and pass its
-``bin`` with ``--peer-bin /tmp/peers/bin``.
+``--peers vllm-router sglang-router litellm`` measures those routers too, by the same method in the same
+run (pinned to the same core, in front of the same engine): vllm-router with round_robin, SGLang's router
+with cache_aware, LiteLLM's proxy (one worker, a master key, no database: its lightest setup that starts).
+They are not dependencies of the project: install them from PyPI in a venv of their own
+(``python3 -m venv /tmp/peers && /tmp/peers/bin/pip install vllm-router sglang-router 'litellm[proxy]'``)
+and pass its ``bin`` with ``--peer-bin /tmp/peers/bin``.
 """
 
 from __future__ import annotations
@@ -68,8 +69,24 @@ def gateway_config(engine_url: str, full: bool, prefix: str,
             "server": {"log_level": "info"}, "tenancy": tenancy}, key.key
 
 
+LITELLM_MASTER_KEY = "sk-bench-" + "0" * 32
+
+
+def litellm_command(bin_dir: Path, engine_url: str, port: int, config_path: Path) -> list[str]:
+    """LiteLLM's proxy in front of ``engine_url`` as an OpenAI-compatible provider. It refuses to start
+    without a master key, so requests carry ``LITELLM_MASTER_KEY``; the cost map is read from the
+    package, not fetched (no internet here)."""
+    config = {"model_list": [{"model_name": MODEL, "litellm_params": {
+                  "model": f"openai/{MODEL}", "api_base": f"{engine_url}/v1", "api_key": "none"}}],
+              "litellm_settings": {"telemetry": False},
+              "general_settings": {"master_key": LITELLM_MASTER_KEY}}
+    config_path.write_text(yaml.safe_dump(config))
+    return ["env", "LITELLM_LOCAL_MODEL_COST_MAP=True", str(bin_dir / "litellm"), "--config",
+            str(config_path), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+
+
 def peer_command(name: str, bin_dir: Path, engine_url: str, port: int) -> list[str]:
-    """The command line of a peer router in front of ``engine_url`` (its metrics on a free port)."""
+    """The command line of a Rust peer router in front of ``engine_url`` (its metrics on a free port)."""
     common = ["--worker-urls", engine_url, "--host", "127.0.0.1", "--port", str(port),
               "--prometheus-port", str(free_port())]
     if name == "vllm-router":
@@ -83,12 +100,16 @@ def peer_command(name: str, bin_dir: Path, engine_url: str, port: int) -> list[s
 # "full-sequential": the full pipeline with the engine request started only after Redis admitted it
 # (tenancy.speculative_admission off), for the same run's comparison.
 PIPELINES = ("off", "full", "full-sequential")
-PEER_SETUPS = {"vllm-router": "vllm-router, round_robin", "sglang-router": "SGLang router, cache_aware"}
+PEER_SETUPS = {"vllm-router": "vllm-router, round_robin", "sglang-router": "SGLang router, cache_aware",
+               "litellm": "LiteLLM proxy, 1 worker, master key, no database"}
+# LiteLLM answers /health only with a key (it also calls the models); this one is open.
+PEER_HEALTH_PATHS = {"litellm": "/health/liveliness"}
 
 
-def start(name: str, command: list[str], port: int, log_dir: Path, core: int) -> ProcessLauncher:
+def start(name: str, command: list[str], port: int, log_dir: Path, core: int,
+          health_path: str = "/health") -> ProcessLauncher:
     launcher = ProcessLauncher(name, ["taskset", "-c", str(core), *command], port,
-                               log_path=log_dir / f"{name}.log")
+                               log_path=log_dir / f"{name}.log", health_path=health_path)
     launcher.start()
     asyncio.run(launcher.wait_healthy(60))
     return launcher
@@ -198,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         for pipeline in (*PIPELINES, *args.peers):
             port = free_port()
             api_key: str | None = None
-            if pipeline in PEER_SETUPS:
+            if pipeline == "litellm":
+                command = litellm_command(args.peer_bin, engine.url, port, log_dir / "litellm.yaml")
+                api_key = LITELLM_MASTER_KEY
+            elif pipeline in PEER_SETUPS:
                 command = peer_command(pipeline, args.peer_bin, engine.url, port)
             else:
                 config, api_key = gateway_config(engine.url, pipeline != "off", f"bench-{os.getpid()}:",
@@ -207,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                 config_path.write_text(yaml.safe_dump(config))
                 command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path),
                            "--port", str(port)]
-            gateway = start(f"gateway-{pipeline}", command, port, log_dir, core=0)
+            gateway = start(f"gateway-{pipeline}", command, port, log_dir, core=0,
+                            health_path=PEER_HEALTH_PATHS.get(pipeline, "/health"))
             runs = []
             try:
                 for stream in (False, True):

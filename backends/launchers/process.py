@@ -40,7 +40,8 @@ class ProcessLauncher:
 
     def __init__(self, name: str, command: Sequence[str], port: int, *, host: str = "127.0.0.1",
                  log_path: Path | None = None, env: dict[str, str] | None = None,
-                 die_with_parent: bool = True) -> None:
+                 die_with_parent: bool = True, health_path: str = "/health") -> None:
+        """``health_path``: the unauthenticated endpoint that answers 200 once the process serves."""
         self.name = name
         self.command = list(command)
         self.host = host
@@ -48,6 +49,7 @@ class ProcessLauncher:
         self.log_path = log_path
         self.env = env
         self.die_with_parent = die_with_parent
+        self.health_path = health_path
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -69,7 +71,7 @@ class ProcessLauncher:
                     raise RuntimeError(f"engine {self.name} exited with code {self.process.returncode}"
                                        f" before becoming healthy ({self._log_hint()})")
                 with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
-                    async with session.get(f"{self.url}/health",
+                    async with session.get(f"{self.url}{self.health_path}",
                                            timeout=aiohttp.ClientTimeout(total=1)) as response:
                         if response.status == 200:
                             return
