@@ -22,7 +22,7 @@ import msgspec
 from gateway.client_schemas import decode_json, parse_chat, parse_completion, parse_native, parse_tgi
 from gateway.errors import GatewayError, PayloadTooLargeError
 from gateway.relay import relay_native, relay_openai, relay_tgi
-from gateway.render_openai import OpenAIRenderer
+from gateway.render_openai import OpenAIRenderer, ResponseIds
 from gateway.render_text import native_response, tgi_error_body, tgi_finish_reason, tgi_response
 from gateway.service import Gateway
 from gateway.types import GenerateRequest
@@ -79,6 +79,7 @@ class DataPlane:
         self._max_body = gateway.settings.server.max_body_bytes
         self._default_model = gateway.settings.default_model
         self._fallback = fallback
+        self._response_ids = ResponseIds()
         self._routes: dict[str, Route] = {
             "/v1/chat/completions": self._chat,
             "/v1/completions": self._completions,
@@ -169,7 +170,7 @@ class DataPlane:
         pipeline = self._pipeline
         principal = await pipeline.authenticate(headers)
         request = parse(decode_json(body))
-        renderer = OpenAIRenderer(request)
+        renderer = OpenAIRenderer(request, self._response_ids.next())
         if request.stream:
             lease, on_done, attempt = await pipeline.admit_and_open(principal, request, headers, dialect,
                                                                     started)
