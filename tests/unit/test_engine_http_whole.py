@@ -30,7 +30,8 @@ REQUEST = GenerateRequest(kind="chat", model="m", messages=[{"role": "user", "co
 
 class ScriptedEngine:
     """Answers each request by the next action: ("answer", bytes), ("close", seconds) closes that
-    connection after a pause without answering, ("silent", None) never answers."""
+    connection after a pause without answering, ("silent", None) never answers, ("stall_body", bytes)
+    sends the headers and half of the body, then nothing."""
 
     def __init__(self) -> None:
         self.actions: list[tuple[str, Any]] = []
@@ -58,6 +59,11 @@ class ScriptedEngine:
                     await asyncio.sleep(arg)
                     return
                 if action == "silent":
+                    await asyncio.sleep(3600)
+                if action == "stall_body":  # the headers and half the body, then nothing
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                                 b"content-length: %d\r\n\r\n%s" % (len(arg), arg[:len(arg) // 2]))
+                    await writer.drain()
                     await asyncio.sleep(3600)
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                              b"content-length: %d\r\n\r\n%s" % (len(arg), arg))
@@ -124,6 +130,17 @@ async def test_a_connection_closed_after_a_while_is_not_sent_to_the_engine_again
 async def test_no_whole_answer_in_time_is_a_timeout(engine: ScriptedEngine,
                                                     transport: EngineTransport) -> None:
     engine.actions = [("silent", None)]
+    hasty = AdapterTimeouts(connect_s=5, first_token_s=20, idle_s=20, probe_s=5, whole_s=0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(UpstreamTimeoutError, match="whole answer"):
+        await VllmAdapter(engine.url, transport, hasty).complete(REQUEST)
+    assert loop.time() - started < 2.0
+
+
+async def test_an_answer_whose_body_stalls_times_out_within_the_same_deadline(
+        engine: ScriptedEngine, transport: EngineTransport) -> None:
+    engine.actions = [("stall_body", json.dumps(ANSWER).encode())]
     hasty = AdapterTimeouts(connect_s=5, first_token_s=20, idle_s=20, probe_s=5, whole_s=0.3)
     loop = asyncio.get_running_loop()
     started = loop.time()
