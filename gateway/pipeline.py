@@ -44,15 +44,17 @@ class Pipeline:
         """404 for a model nobody serves, 403 for one the tenant may not use, 429 over a limit; on
         success ``request.max_tokens`` may be lowered to what the tenant has left (clamping)."""
         self._check(principal, request)
-        return await self._reserve(principal, request, speculative=False)
+        prompt_tokens = estimate_tokens(prompt_text(request))
+        return await self._reserve(principal, request, prompt_tokens, speculative=False)
 
     def _check(self, principal: Principal, request: GenerateRequest) -> None:
         self._registry.serving(request.model)
         self._admission.authorize_model(principal, request.model)
 
-    async def _reserve(self, principal: Principal, request: GenerateRequest, *, speculative: bool) -> Lease:
-        lease = await self._admission.admit(principal, request.model, estimate_tokens(prompt_text(request)),
-                                            request.max_tokens, speculative=speculative)
+    async def _reserve(self, principal: Principal, request: GenerateRequest, prompt_tokens: int, *,
+                       speculative: bool) -> Lease:
+        lease = await self._admission.admit(principal, request.model, prompt_tokens, request.max_tokens,
+                                            speculative=speculative)
         if lease.max_tokens is not None:
             request.max_tokens = lease.max_tokens
         return lease
@@ -100,12 +102,12 @@ class Pipeline:
         (None: forward after the admission, as ``admit`` callers do)."""
         self._check(principal, request)
         asked = request.max_tokens
-        if not self._admission.speculate(principal, request.model, estimate_tokens(prompt_text(request)),
-                                         asked):
-            return await self._reserve(principal, request, speculative=False), None
+        prompt_tokens = estimate_tokens(prompt_text(request))  # a chat prompt is canonicalized: once
+        if not self._admission.speculate(principal, request.model, prompt_tokens, asked):
+            return await self._reserve(principal, request, prompt_tokens, speculative=False), None
         running = asyncio.ensure_future(forward())
         try:
-            lease = await self._reserve(principal, request, speculative=True)
+            lease = await self._reserve(principal, request, prompt_tokens, speculative=True)
         except BaseException:
             self._abandon(running)
             raise
