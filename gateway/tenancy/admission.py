@@ -31,7 +31,7 @@ from gateway.tenancy.lease import Lease
 from gateway.tenancy.limiter import Limiter, StoreHealth
 from gateway.tenancy.memory_store import MemoryLimitStore
 from gateway.tenancy.metrics import TenancyMetrics
-from gateway.tenancy.planner import PlanCache, ScopePlan, ledger_key
+from gateway.tenancy.planner import PlanCache, ledger_key
 from gateway.tenancy.redis_store import RedisLimitStore, connect, fast_pipeline
 from gateway.tenancy.refusal import refusal_message
 from gateway.tenancy.speculation import Scope, SpeculationBudget
@@ -58,7 +58,6 @@ class Admission:
                  logger: logging.Logger | None = None) -> None:
         self._config = config
         self._tenants = {t.name: t for t in config.tenants}
-        self._key_limits = {k.id: k.limits for k in config.keys}
         self.metrics = TenancyMetrics(registry)
         self._logger = logger or logging.getLogger("gateway.tenancy")
         self._owns_redis = redis is None and config.store == "redis"
@@ -91,7 +90,7 @@ class Admission:
         self._lease_ids = (f"{lease_prefix}{n:x}" for n in itertools.count())
         self._background: asyncio.Task[None] | None = None
         self._speculation = SpeculationBudget()
-        self._plans = PlanCache(config.redis_prefix, config.global_limits)
+        self._plans = _plan_cache(config)
         self._anonymous = Principal(tenant=config.default_tenant)
         self.metrics.auth_enabled.set(1 if config.auth_enabled else 0)
         if not config.auth_enabled:
@@ -120,10 +119,9 @@ class Admission:
             raise ValueError(f"tenancy settings {', '.join(changed)} cannot change without a restart")
         self._config = config
         self._tenants = {t.name: t for t in config.tenants}
-        self._key_limits = {k.id: k.limits for k in config.keys}
         self._anonymous = Principal(tenant=config.default_tenant)
         self._speculation = SpeculationBudget()  # the limits may have changed: wait for the store again
-        self._plans = PlanCache(config.redis_prefix, config.global_limits)
+        self._plans = _plan_cache(config)
         self.keys.replace_config_keys(config.keys)
         self.metrics.auth_enabled.set(1 if config.auth_enabled else 0)
 
@@ -181,9 +179,6 @@ class Admission:
             self.metrics.auth_failures.labels("admin").inc()
             raise AuthenticationError("Invalid admin key.", code="invalid_admin_key")
 
-    def _plan(self, principal: Principal, tenant: TenantConfig, model: str) -> ScopePlan:
-        return self._plans.plan(tenant, model, principal.key_id, self._key_limits.get(principal.key_id or ""))
-
     def _reservation(self, prompt_tokens_estimate: int, max_tokens: int | None) -> tuple[int, int]:
         """The prompt and completion tokens a request reserves (bounded so store arithmetic stays exact)."""
         prompt = min(max(0, prompt_tokens_estimate), MAX_TOKENS)
@@ -203,7 +198,7 @@ class Admission:
         tenant = self._tenants.get(principal.tenant)
         if tenant is None:
             return False
-        if not self._plan(principal, tenant, model).speculatable:
+        if not self._plans.plan(tenant, model, principal.key_id).speculatable:
             return False
         prompt, completion = self._reservation(prompt_tokens_estimate, max_tokens)
         return self._speculation.take(_scope(principal, model), prompt + completion)
@@ -214,7 +209,7 @@ class Admission:
         ``speculative``: ``speculate`` said yes for this request (its engine request has started)."""
         self._ensure_background()
         tenant = self._tenant_of(principal)
-        scope_plan = self._plan(principal, tenant, model)
+        scope_plan = self._plans.plan(tenant, model, principal.key_id)
         limits = scope_plan.limits
         if not limits:
             return Lease(self, principal.tenant, None, None, 0, 0, {}, max_tokens)
@@ -351,6 +346,10 @@ class Admission:
             await self._redis_store.aclose()
         if self._owns_redis and self._redis is not None:
             await self._redis.aclose()
+
+
+def _plan_cache(config: TenancyConfig) -> PlanCache:
+    return PlanCache(config.redis_prefix, config.global_limits, {k.id: k.limits for k in config.keys})
 
 
 def _scope(principal: Principal, model: str) -> Scope:

@@ -6,6 +6,7 @@ across replicas so every replica charges the same counters.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.tenancy.config import DAY_US, MINUTE_US, LimitsConfig, TenantConfig
@@ -59,23 +60,26 @@ class ScopePlan:
 
 
 class PlanCache:
-    """``plan_limits`` per (tenant, model, key id), made once: the answer depends only on config, and
-    every request asks for it (twice with speculation). Bounded: emptied when it reaches
-    ``max_entries`` (keys can be many: created through the admin API). Drop it when config changes."""
+    """``plan_limits`` per (tenant, model, key id), made once: the answer depends only on config (the
+    global limits, the tenant's, and ``key_limits``: each config key's own), and every request asks
+    for it (twice with speculation). Bounded: emptied when it reaches ``max_entries`` (keys can be many:
+    created through the admin API). Build a new one when config changes."""
 
-    __slots__ = ("_entries", "_global_limits", "_max_entries", "_prefix")
+    __slots__ = ("_entries", "_global_limits", "_key_limits", "_max_entries", "_prefix")
 
-    def __init__(self, prefix: str, global_limits: LimitsConfig, max_entries: int = 4096) -> None:
+    def __init__(self, prefix: str, global_limits: LimitsConfig,
+                 key_limits: Mapping[str, LimitsConfig | None], max_entries: int = 4096) -> None:
         self._prefix = prefix
         self._global_limits = global_limits
+        self._key_limits = key_limits
         self._max_entries = max_entries
         self._entries: dict[tuple[str, str, str | None], ScopePlan] = {}
 
-    def plan(self, tenant: TenantConfig, model: str, key_id: str | None,
-             key_limits: LimitsConfig | None) -> ScopePlan:
+    def plan(self, tenant: TenantConfig, model: str, key_id: str | None) -> ScopePlan:
         entry_key = (tenant.name, model, key_id)
         entry = self._entries.get(entry_key)
         if entry is None:
+            key_limits = self._key_limits.get(key_id) if key_id is not None else None
             limits = plan_limits(self._prefix, self._global_limits, tenant, model, key_id, key_limits)
             kinds = {planned.limit.kind for planned in limits}
             token_limited = bool(kinds & {LimitKind.TOKENS, LimitKind.QUOTA})
