@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,40 +71,44 @@ def gateway_config(engine_url: str, full: bool, prefix: str,
 
 
 LITELLM_MASTER_KEY = "sk-bench-" + "0" * 32
-
-
-def litellm_command(bin_dir: Path, engine_url: str, port: int, config_path: Path) -> list[str]:
-    """LiteLLM's proxy in front of ``engine_url`` as an OpenAI-compatible provider. It refuses to start
-    without a master key, so requests carry ``LITELLM_MASTER_KEY``; the cost map is read from the
-    package, not fetched (no internet here)."""
-    config = {"model_list": [{"model_name": MODEL, "litellm_params": {
-                  "model": f"openai/{MODEL}", "api_base": f"{engine_url}/v1", "api_key": "none"}}],
-              "litellm_settings": {"telemetry": False},
-              "general_settings": {"master_key": LITELLM_MASTER_KEY}}
-    config_path.write_text(yaml.safe_dump(config))
-    return ["env", "LITELLM_LOCAL_MODEL_COST_MAP=True", str(bin_dir / "litellm"), "--config",
-            str(config_path), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
-
-
-def peer_command(name: str, bin_dir: Path, engine_url: str, port: int) -> list[str]:
-    """The command line of a Rust peer router in front of ``engine_url`` (its metrics on a free port)."""
-    common = ["--worker-urls", engine_url, "--host", "127.0.0.1", "--port", str(port),
-              "--prometheus-port", str(free_port())]
-    if name == "vllm-router":
-        return [str(bin_dir / "vllm-router"), *common, "--policy", "round_robin", "--log-level", "warning"]
-    if name == "sglang-router":
-        return [str(bin_dir / "sglang-router"), "launch", *common, "--policy", "cache_aware",
-                "--log-level", "warn"]
-    raise ValueError(f"unknown peer {name!r}")
-
-
 # "full-sequential": the full pipeline with the engine request started only after Redis admitted it
 # (tenancy.speculative_admission off), for the same run's comparison.
 PIPELINES = ("off", "full", "full-sequential")
 PEER_SETUPS = {"vllm-router": "vllm-router, round_robin", "sglang-router": "SGLang router, cache_aware",
                "litellm": "LiteLLM proxy, 1 worker, master key, no database"}
-# LiteLLM answers /health only with a key (it also calls the models); this one is open.
-PEER_HEALTH_PATHS = {"litellm": "/health/liveliness"}
+
+
+@dataclass(frozen=True)
+class PeerLaunch:
+    command: list[str]
+    api_key: str | None = None  # what clients must send
+    health_path: str = "/health"  # answers 200 without a key once the peer serves
+
+
+def peer_launch(name: str, bin_dir: Path, engine_url: str, port: int, work_dir: Path) -> PeerLaunch:
+    """How to start peer ``name`` in front of ``engine_url``. The Rust routers get their metrics on a
+    free port. LiteLLM's proxy refuses to start without a master key (so clients send it), answers
+    ``/health`` only with a key (and calls the models), and fetches its cost map unless told not to
+    (no internet here): its config goes to ``work_dir``."""
+    common = ["--worker-urls", engine_url, "--host", "127.0.0.1", "--port", str(port),
+              "--prometheus-port", str(free_port())]
+    if name == "vllm-router":
+        return PeerLaunch([str(bin_dir / "vllm-router"), *common, "--policy", "round_robin",
+                           "--log-level", "warning"])
+    if name == "sglang-router":
+        return PeerLaunch([str(bin_dir / "sglang-router"), "launch", *common, "--policy", "cache_aware",
+                           "--log-level", "warn"])
+    if name == "litellm":
+        config_path = work_dir / "litellm.yaml"
+        config_path.write_text(yaml.safe_dump({
+            "model_list": [{"model_name": MODEL, "litellm_params": {
+                "model": f"openai/{MODEL}", "api_base": f"{engine_url}/v1", "api_key": "none"}}],
+            "litellm_settings": {"telemetry": False},
+            "general_settings": {"master_key": LITELLM_MASTER_KEY}}))
+        command = ["env", "LITELLM_LOCAL_MODEL_COST_MAP=True", str(bin_dir / "litellm"), "--config",
+                   str(config_path), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+        return PeerLaunch(command, api_key=LITELLM_MASTER_KEY, health_path="/health/liveliness")
+    raise ValueError(f"unknown peer {name!r}")
 
 
 def start(name: str, command: list[str], port: int, log_dir: Path, core: int,
@@ -219,11 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         for pipeline in (*PIPELINES, *args.peers):
             port = free_port()
             api_key: str | None = None
-            if pipeline == "litellm":
-                command = litellm_command(args.peer_bin, engine.url, port, log_dir / "litellm.yaml")
-                api_key = LITELLM_MASTER_KEY
-            elif pipeline in PEER_SETUPS:
-                command = peer_command(pipeline, args.peer_bin, engine.url, port)
+            health_path = "/health"
+            if pipeline in PEER_SETUPS:
+                peer = peer_launch(pipeline, args.peer_bin, engine.url, port, log_dir)
+                command, api_key, health_path = peer.command, peer.api_key, peer.health_path
             else:
                 config, api_key = gateway_config(engine.url, pipeline != "off", f"bench-{os.getpid()}:",
                                                  speculative=pipeline == "full")
@@ -231,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 config_path.write_text(yaml.safe_dump(config))
                 command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path),
                            "--port", str(port)]
-            gateway = start(f"gateway-{pipeline}", command, port, log_dir, core=0,
-                            health_path=PEER_HEALTH_PATHS.get(pipeline, "/health"))
+            gateway = start(f"gateway-{pipeline}", command, port, log_dir, core=0, health_path=health_path)
             runs = []
             try:
                 for stream in (False, True):

@@ -12,15 +12,7 @@ import pytest
 import yaml
 
 from backends.launchers.process import ProcessLauncher, free_port
-from benchmarks.overhead import (
-    LITELLM_MASTER_KEY,
-    MODEL,
-    PEER_HEALTH_PATHS,
-    PEER_SETUPS,
-    gateway_config,
-    litellm_command,
-    peer_command,
-)
+from benchmarks.overhead import LITELLM_MASTER_KEY, MODEL, PEER_SETUPS, gateway_config, peer_launch
 from gateway.settings import GatewaySettings
 from gateway.tenancy.keys import verify
 
@@ -43,26 +35,32 @@ def test_full_config_turns_every_part_on_and_off_turns_them_off() -> None:
 
 
 def test_litellm_is_configured_in_front_of_the_same_engine(tmp_path: Path) -> None:
-    config_path = tmp_path / "litellm.yaml"
-    command = litellm_command(Path("/peers/bin"), ENGINE, 4321, config_path)
-    config = yaml.safe_load(config_path.read_text())
+    peer = peer_launch("litellm", Path("/peers/bin"), ENGINE, 4321, tmp_path)
+    config = yaml.safe_load((tmp_path / "litellm.yaml").read_text())
     (deployment,) = config["model_list"]
     assert deployment["model_name"] == MODEL
     assert deployment["litellm_params"]["api_base"] == f"{ENGINE}/v1"
-    assert config["general_settings"]["master_key"] == LITELLM_MASTER_KEY
-    assert command[:2] == ["env", "LITELLM_LOCAL_MODEL_COST_MAP=True"]
-    assert command[2] == "/peers/bin/litellm" and "4321" in command and str(config_path) in command
-    assert set(PEER_HEALTH_PATHS) <= set(PEER_SETUPS)
+    assert config["general_settings"]["master_key"] == LITELLM_MASTER_KEY == peer.api_key
+    assert peer.health_path == "/health/liveliness"
+    assert peer.command[:2] == ["env", "LITELLM_LOCAL_MODEL_COST_MAP=True"]
+    assert peer.command[2] == "/peers/bin/litellm" and "4321" in peer.command
 
 
 @pytest.mark.parametrize("name", ["vllm-router", "sglang-router"])
-def test_rust_peers_route_to_the_engine_on_the_given_port(name: str) -> None:
-    command = peer_command(name, Path("/peers/bin"), ENGINE, 4321)
+def test_rust_peers_route_to_the_engine_on_the_given_port(name: str, tmp_path: Path) -> None:
+    peer = peer_launch(name, Path("/peers/bin"), ENGINE, 4321, tmp_path)
+    command = peer.command
     assert command[0] == f"/peers/bin/{name}"
     assert command[command.index("--worker-urls") + 1] == ENGINE
     assert command[command.index("--port") + 1] == "4321"
+    assert peer.api_key is None and peer.health_path == "/health"
+
+
+def test_every_peer_setup_can_be_launched_and_no_other(tmp_path: Path) -> None:
+    for name in PEER_SETUPS:
+        assert peer_launch(name, Path("/peers/bin"), ENGINE, 4321, tmp_path).command
     with pytest.raises(ValueError):
-        peer_command("litellm", Path("/peers/bin"), ENGINE, 4321)  # it has its own command
+        peer_launch("envoy", Path("/peers/bin"), ENGINE, 4321, tmp_path)
 
 
 def test_the_launcher_waits_on_its_health_path(tmp_path: Path) -> None:
