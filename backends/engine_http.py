@@ -283,7 +283,8 @@ async def fetch_whole(transport: EngineTransport, url: str, body: bytes, headers
     """POST ``body`` and return the whole body of the engine's 2xx answer, all within ``whole_s``
     (generation included: a non-stream answer's headers come only when it is done). Every failure is
     a fail-over error, as before a stream's first event: nothing has reached the client yet. One timer
-    bounds the request and the read of its answer (a timer each cost ~2% of a request's CPU)."""
+    bounds the request and the read of its answer (``asyncio.timeout_at`` measured 4.6 us with a
+    deadline against 1.8 us without one here: ``_post`` runs without its own)."""
     loop = asyncio.get_running_loop()
     response: EngineResponse | None = None
     try:
