@@ -153,5 +153,12 @@ def test_sim_queues_beyond_max_num_seqs_as_vllm_shows_it(tmp_path: Path) -> None
 
 @pytest.mark.vllm
 def test_real_vllm_queues_beyond_max_num_seqs(small_cache_vllm: VllmServer) -> None:
-    gauges = queue_gauges(small_cache_vllm.base_url, SERVED_MODEL_NAME, max_tokens=1500)
+    # On 2 busy cores vLLM's API server can leave every /metrics poll of a round unanswered until the
+    # generations are done (one CI run saw only its first sample, (1, 0, 0)). A round in which no poll
+    # saw every request counted says nothing about the scheduler, so it is run again (at most 3 times);
+    # a round that saw them all is judged as it is.
+    for _ in range(3):
+        gauges = queue_gauges(small_cache_vllm.base_url, SERVED_MODEL_NAME, max_tokens=1500)
+        if gauges[0] + gauges[1] == 2 * MAX_NUM_SEQS:
+            break
     assert gauges == (MAX_NUM_SEQS, MAX_NUM_SEQS, MAX_NUM_SEQS)
