@@ -12,6 +12,15 @@ scaling ratio (2-worker over 1-worker throughput), with the machine's core count
 On a machine whose cores the load generator and the engines also need, the ratio says how much of
 that machine a second worker could take, not how the gateway scales on dedicated cores.
 Writes JSON and a PNG. Run: ``python -m benchmarks.workers [--quick]``.
+
+``--stand-ins`` measures how the gateway itself scales: the engines are nginx answering fixed vLLM
+bodies (``nginx_engine.py``, a few microseconds per request) and the load is ``wrk`` (C, ~12 us per
+request, ``wrk_load.py``), so nearly all of the machine's CPU is the gateway's and a second worker
+has a core to take. ``--pipeline full`` turns on API keys, Redis limits and prefix_affinity (the
+overhead benchmark's full config); Redis's own CPU is then counted beside the others'. The summary
+adds what 2 workers could reach if each request still cost what it did with one (the machine's cores
+over the CPU per request of everything measured) and the share of it reached. Needs nginx and wrk
+(Debian: ``apt-get install nginx-light wrk``).
 """
 
 from __future__ import annotations
@@ -34,7 +43,10 @@ import yaml
 
 from backends.launchers.process import ProcessLauncher, free_port
 from benchmarks.loadgen import ArrivalProcess, run_load
+from benchmarks.nginx_engine import nginx_command
+from benchmarks.overhead import gateway_config
 from benchmarks.workloads import UniformRandomWorkload
+from benchmarks.wrk_load import run_wrk, wrk_script
 
 MODEL = "sim-model"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -66,10 +78,24 @@ def start(name: str, command: list[str], port: int, log_dir: Path) -> ProcessLau
     return launcher
 
 
-def start_gateway(engines: list[ProcessLauncher], workers: int, log_dir: Path) -> ProcessLauncher:
-    backends = [{"name": e.name, "kind": "vllm", "url": e.url, "models": [MODEL]} for e in engines]
-    config = {"backends": backends,
-              "routing": {"default_policy": "round_robin"}, "server": {"log_level": "warning"}}
+def start_engines(stand_ins: bool, log_dir: Path) -> list[ProcessLauncher]:
+    engines = []
+    for i in range(2):
+        port = free_port()
+        if stand_ins:
+            command = nginx_command(port, MODEL, log_dir / f"nginx-{i}")
+        else:
+            command = [sys.executable, "-m", "backends.sim", "--dialect", "vllm", "--model", MODEL,
+                       "--profile", "instant", "--max-num-seqs", "512", "--port", str(port)]
+        engines.append(start(f"engine-{i}", command, port, log_dir))
+    return engines
+
+
+def start_gateway(engines: list[ProcessLauncher], workers: int, log_dir: Path,
+                  full: bool = False) -> tuple[ProcessLauncher, str | None]:
+    """The gateway and the API key its clients send (None with the pipeline off)."""
+    config, api_key = gateway_config(engines[0].url, full, f"bench-workers-{os.getpid()}:")
+    config["backends"] = [{"name": e.name, "kind": "vllm", "url": e.url, "models": [MODEL]} for e in engines]
     config_path = log_dir / f"gateway-{workers}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     port = free_port()
@@ -83,7 +109,7 @@ def start_gateway(engines: list[ProcessLauncher], workers: int, log_dir: Path) -
             assert time.monotonic() < deadline, "workers did not start"
             time.sleep(0.1)
         time.sleep(1.0)
-    return gateway
+    return gateway, api_key
 
 
 def gateway_pids(gateway: ProcessLauncher) -> list[int]:
@@ -95,21 +121,45 @@ def total_cpu(pids: list[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
 
 
-def load(url: str, n: int, seed: int) -> Any:
+def load(url: str, n: int, seed: int, api_key: str | None) -> Any:
     workload = UniformRandomWorkload(input_words=64, output_tokens=16, range_ratio=0.0)
     return asyncio.run(run_load(url, workload.generate(n, seed=seed),
                                 ArrivalProcess(max_concurrency=CONCURRENCY, seed=seed), model=MODEL,
-                                stream=False, ignore_eos=True, capture_headers=[WORKER_HEADER]))
+                                stream=False, ignore_eos=True, capture_headers=[WORKER_HEADER],
+                                api_key=api_key))
+
+
+def engine_pids(engines: list[ProcessLauncher]) -> list[int]:
+    """Each engine's process and its children (nginx's worker)."""
+    pids = []
+    for engine in engines:
+        if engine.process is not None:
+            pids += [engine.process.pid, *children(engine.process.pid)]
+    return pids
+
+
+def redis_pid(url: str = "redis://127.0.0.1:6379") -> int | None:
+    """The shared Redis's process, to read its CPU (only read: it is not ours to touch)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("server")["process_id"])
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
 
 
 def measure(gateway: ProcessLauncher, engines: list[ProcessLauncher], workers: int, n: int,
-            seed: int) -> dict[str, Any]:
+            seed: int, api_key: str | None = None) -> dict[str, Any]:
+    """One batch of ``n`` requests from the Python load generator."""
     pids = gateway_pids(gateway)
-    engine_pids = [e.process.pid for e in engines if e.process is not None]
+    engines_pids = engine_pids(engines)
     assert len(pids) == 1 + (workers if workers > 1 else 0), pids
-    gw0, en0, lg0 = total_cpu(pids), total_cpu(engine_pids), time.process_time()
-    result = load(gateway.url, n, seed)
-    gw_cpu, en_cpu = total_cpu(pids) - gw0, total_cpu(engine_pids) - en0
+    gw0, en0, lg0 = total_cpu(pids), total_cpu(engines_pids), time.process_time()
+    result = load(gateway.url, n, seed, api_key)
+    gw_cpu, en_cpu = total_cpu(pids) - gw0, total_cpu(engines_pids) - en0
     lg_cpu = time.process_time() - lg0
     ok = [r for r in result.records if r.success]
     spread = Counter(r.headers.get(WORKER_HEADER, "0") for r in ok)
@@ -126,22 +176,67 @@ def measure(gateway: ProcessLauncher, engines: list[ProcessLauncher], workers: i
     }
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def wrk_bodies(count: int = 512) -> list[bytes]:
+    """Non-stream completions with distinct 64-word prompts (so prefix_affinity spreads them)."""
+    workload = UniformRandomWorkload(input_words=64, output_tokens=16, range_ratio=0.0)
+    return [json.dumps({"model": MODEL, "prompt": spec.prompt, "max_tokens": spec.max_tokens,
+                        "ignore_eos": True, "stream": False}).encode()
+            for spec in workload.generate(count, seed=7)]
+
+
+def measure_wrk(gateway: ProcessLauncher, engines: list[ProcessLauncher], workers: int, seconds: float,
+                script: Path, redis: int | None) -> dict[str, Any]:
+    """One batch of ``seconds`` from wrk (``CONCURRENCY`` connections)."""
+    pids = gateway_pids(gateway)
+    engines_pids = engine_pids(engines)
+    assert len(pids) == 1 + (workers if workers > 1 else 0), pids
+    gw0, en0 = total_cpu(pids), total_cpu(engines_pids)
+    rd0 = cpu_seconds(redis) if redis is not None else 0.0
+    report, lg_cpu = run_wrk(gateway.url, script, CONCURRENCY, seconds)
+    gw_cpu, en_cpu = total_cpu(pids) - gw0, total_cpu(engines_pids) - en0
+    rd_cpu = cpu_seconds(redis) - rd0 if redis is not None else 0.0
+    done = report.requests
+    return {
+        "workers": workers, "requests": done, "failed": report.failed, "statuses": report.statuses,
+        "duration_s": report.duration_s, "requests_per_s": report.ok / report.duration_s,
+        "e2el_p50_ms": report.latency_p50_ms, "e2el_p99_ms": report.latency_p99_ms,
+        "gateway_cpu_ms_per_request": 1000 * gw_cpu / done,
+        "gateway_cpu_cores": gw_cpu / report.duration_s,
+        "engines_cpu_ms_per_request": 1000 * en_cpu / done,
+        "loadgen_cpu_ms_per_request": 1000 * lg_cpu / done,
+        "redis_cpu_ms_per_request": 1000 * rd_cpu / done,
+        "machine_cpu_cores": (gw_cpu + en_cpu + lg_cpu + rd_cpu) / report.duration_s,
+        "requests_per_worker": dict(sorted(report.workers.items())),
+        "loadavg_after": os.getloadavg(),
+    }
+
+
+def summarize(rows: list[dict[str, Any]], cores: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    others = ("engines_cpu_ms_per_request", "loadgen_cpu_ms_per_request", "redis_cpu_ms_per_request")
     for workers in (1, 2):
         mine = [r for r in rows if r["workers"] == workers]
         requests = sum(r["requests"] for r in mine)
         ok = sum(r["requests"] - r["failed"] for r in mine)
+
+        def per_request(field: str, mine: list[dict[str, Any]] = mine, requests: int = requests) -> float:
+            return float(sum(r.get(field, 0.0) * r["requests"] for r in mine) / requests)
+
         out[f"workers_{workers}"] = {
             "requests_per_s": ok / sum(r["duration_s"] for r in mine),
-            "gateway_cpu_ms_per_request": sum(r["gateway_cpu_ms_per_request"] * r["requests"] for r in mine)
-            / requests,
+            "gateway_cpu_ms_per_request": per_request("gateway_cpu_ms_per_request"),
+            "others_cpu_ms_per_request": sum(per_request(field) for field in others),
             "gateway_cpu_cores": float(np.mean([r["gateway_cpu_cores"] for r in mine])),
             "e2el_p50_ms": float(np.median([r["e2el_p50_ms"] for r in mine])),
             "failed": sum(r["failed"] for r in mine),
             "requests_per_worker": dict(sum((Counter(r["requests_per_worker"]) for r in mine), Counter())),
         }
     out["scaling_ratio"] = out["workers_2"]["requests_per_s"] / out["workers_1"]["requests_per_s"]
+    one = out["workers_1"]
+    # Every core busy, each request costing everything what it cost with one worker.
+    ideal = 1000 * cores / (one["gateway_cpu_ms_per_request"] + one["others_cpu_ms_per_request"])
+    out["two_workers_if_cost_unchanged_requests_per_s"] = ideal
+    out["share_of_that_reached"] = out["workers_2"]["requests_per_s"] / ideal
     return out
 
 
@@ -160,61 +255,94 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ax.plot(row["workers"] - 1, row[field], "k.", markersize=8)
         ax.set(ylabel=label)
         ax.grid(alpha=0.3, axis="y")
-    axes[0].set_title(f"Throughput (scaling ratio {summary['scaling_ratio']:.2f})")
+    axes[0].axhline(summary["two_workers_if_cost_unchanged_requests_per_s"], color="tab:gray", ls="--",
+                    label="2 workers if each request cost what it did with 1")
+    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0].set_title(f"Throughput (scaling ratio {summary['scaling_ratio']:.2f}, "
+                      f"{100 * summary['share_of_that_reached']:.0f}% of the dashed line)")
     axes[1].set_title("Gateway CPU per request (all its processes)")
-    machine = results["machine"]
-    fig.suptitle(f"serve --workers N, {CONCURRENCY} concurrent non-stream requests, sim engines (instant); "
-                 f"{machine['cpus']} cores shared with load generator and engines, "
-                 f"load avg {machine['loadavg_start'][0]:.1f}", fontsize=9)
+    machine, setup = results["machine"], results["settings"]
+    fig.suptitle(f"{setup['gateway']}\nengines: {setup['engines']}; "
+                 f"load: {setup['load']}; {machine['cpus']} cores shared by all, "
+                 f"load avg {machine['loadavg_start'][0]:.1f}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def settings(stand_ins: bool, full: bool, rounds: int, seconds: float) -> dict[str, Any]:
+    return {
+        "concurrency": CONCURRENCY, "rounds": rounds, "target_batch_s": seconds,
+        "workload": "uniform, 64 words in, 16 tokens out, ignore_eos, non-stream",
+        "engines": ("2 nginx stand-ins answering fixed vLLM bodies (benchmarks/nginx_engine.py)" if stand_ins
+                    else "2 sim engines, vllm dialect, instant profile, --max-num-seqs 512"),
+        "load": (f"wrk, 1 thread, {CONCURRENCY} keep-alive connections, 512 distinct bodies" if stand_ins
+                 else f"benchmarks.loadgen, closed loop, {CONCURRENCY} concurrent"),
+        "gateway": ("llm-gateway serve --workers N, full pipeline: API key, Redis limits, prefix_affinity, "
+                    "metrics, info logs" if full else "llm-gateway serve --workers N, round robin, no auth, "
+                    "no limits"),
+        "pinning": "none: gateway, engines and load generator share every core"}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one round of about 4 s per worker count")
     parser.add_argument("--seconds", type=float, default=8.0, help="target length of one batch")
-    parser.add_argument("--out", default=str(RESULTS / "workers.json"))
+    parser.add_argument("--stand-ins", action="store_true",
+                        help="nginx engines and wrk load (see the module docstring)")
+    parser.add_argument("--pipeline", choices=("off", "full"), default="off")
+    parser.add_argument("--out", default=None,
+                        help="default results/workers.json, with --stand-ins workers_stand_ins_PIPELINE.json")
     args = parser.parse_args(argv)
+    full = args.pipeline == "full"
     rounds, seconds = (1, 4.0) if args.quick else (3, args.seconds)
+    default_name = f"workers_stand_ins_{args.pipeline}.json" if args.stand_ins else (
+        "workers.json" if not full else "workers_full.json")
+    out = Path(args.out) if args.out else RESULTS / default_name
     log_dir = Path(tempfile.mkdtemp(prefix="workers-bench-"))
     results: dict[str, Any] = {
-        "settings": {"concurrency": CONCURRENCY, "rounds": rounds, "target_batch_s": seconds,
-                     "workload": "uniform, 64 words in, 16 tokens out, ignore_eos, non-stream",
-                     "engines": "2 sim engines, vllm dialect, instant profile, --max-num-seqs 512",
-                     "gateway": "llm-gateway serve --workers N, round robin, no auth, no limits",
-                     "pinning": "none: gateway, engines and load generator share every core"},
+        "settings": settings(args.stand_ins, full, rounds, seconds),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "loadavg_start": os.getloadavg()},
         "runs": [],
     }
     engines: list[ProcessLauncher] = []
-    gateways: dict[int, ProcessLauncher] = {}
+    gateways: dict[int, tuple[ProcessLauncher, str | None]] = {}
+    redis = redis_pid() if full else None
     try:
-        for i in range(2):
-            port = free_port()
-            command = [sys.executable, "-m", "backends.sim", "--dialect", "vllm", "--model", MODEL,
-                       "--profile", "instant", "--max-num-seqs", "512", "--port", str(port)]
-            engines.append(start(f"engine-{i}", command, port, log_dir))
+        engines = start_engines(args.stand_ins, log_dir)
         for workers in (1, 2):
-            gateways[workers] = start_gateway(engines, workers, log_dir)
-        rate = {w: 0.0 for w in (1, 2)}
-        for workers, gateway in gateways.items():  # warm up, and size the batches to ~seconds
-            rate[workers] = measure(gateway, engines, workers, 600, 99)["requests_per_s"]
-        for round_no in range(rounds):
-            for workers, gateway in gateways.items():
-                n = max(500, round(rate[workers] * seconds))
-                row = measure(gateway, engines, workers, n, round_no)
-                rate[workers] = row["requests_per_s"]
-                results["runs"].append({"round": round_no, **row})
-                print(json.dumps(results["runs"][-1]), file=sys.stderr)
+            gateways[workers] = start_gateway(engines, workers, log_dir, full)
+        if args.stand_ins:
+            scripts = {}
+            for workers, (gateway, api_key) in gateways.items():
+                headers = {"Content-Type": "application/json"}
+                if api_key is not None:
+                    headers["Authorization"] = f"Bearer {api_key}"
+                scripts[workers] = log_dir / f"wrk-{workers}.lua"
+                scripts[workers].write_text(wrk_script(wrk_bodies(), "/v1/completions", headers))
+                measure_wrk(gateway, engines, workers, 1, scripts[workers], redis)  # warm up
+            for round_no in range(rounds):
+                for workers, (gateway, _) in gateways.items():
+                    row = measure_wrk(gateway, engines, workers, seconds, scripts[workers], redis)
+                    results["runs"].append({"round": round_no, **row})
+                    print(json.dumps(results["runs"][-1]), file=sys.stderr)
+        else:
+            rate = {w: 0.0 for w in (1, 2)}
+            for workers, (gateway, api_key) in gateways.items():  # warm up, and size the batches
+                rate[workers] = measure(gateway, engines, workers, 600, 99, api_key)["requests_per_s"]
+            for round_no in range(rounds):
+                for workers, (gateway, api_key) in gateways.items():
+                    n = max(500, round(rate[workers] * seconds))
+                    row = measure(gateway, engines, workers, n, round_no, api_key)
+                    rate[workers] = row["requests_per_s"]
+                    results["runs"].append({"round": round_no, **row})
+                    print(json.dumps(results["runs"][-1]), file=sys.stderr)
     finally:
-        for launcher in [*gateways.values(), *engines]:
+        for launcher in [*(g for g, _ in gateways.values()), *engines]:
             launcher.stop()
         shutil.rmtree(log_dir, ignore_errors=True)
     results["machine"]["loadavg_end"] = os.getloadavg()
-    results["summary"] = summarize(results["runs"])
-    out = Path(args.out)
+    results["summary"] = summarize(results["runs"], os.cpu_count() or 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     plot(results, out.with_suffix(".png"))
