@@ -70,6 +70,21 @@ def gateway_config(engine_url: str, full: bool, prefix: str,
             "server": {"log_level": "info"}, "tenancy": tenancy}, key.key
 
 
+def drop_redis_keys(prefix: str, url: str = "redis://127.0.0.1:6379") -> int:
+    """Delete what a benchmark's gateways left in the shared Redis under their own ``prefix`` (a tenant's
+    ledger and the keys' last-used times do not expire); nothing else is touched. The count deleted."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        return int(client.delete(*keys)) if keys else 0
+    except redis.RedisError:
+        return 0
+    finally:
+        client.close()
+
+
 LITELLM_MASTER_KEY = "sk-bench-" + "0" * 32
 # "full-sequential": the full pipeline with the engine request started only after Redis admitted it
 # (tenancy.speculative_admission off), for the same run's comparison.
@@ -249,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             results["runs"][pipeline] = runs
     finally:
         engine.stop()
+        drop_redis_keys(f"bench-{os.getpid()}:")
     results["machine"]["loadavg_end"] = os.getloadavg()
     full = results["runs"]["full"]
     results["bar_check"] = {

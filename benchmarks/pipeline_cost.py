@@ -32,7 +32,7 @@ import yaml
 
 from backends.launchers.process import ProcessLauncher, free_port
 from benchmarks.nginx_engine import nginx_command
-from benchmarks.overhead import MODEL, cpu_seconds, gateway_config
+from benchmarks.overhead import MODEL, cpu_seconds, drop_redis_keys, gateway_config
 from benchmarks.workers import wrk_bodies
 from benchmarks.wrk_load import run_wrk, wrk_script
 
@@ -63,8 +63,12 @@ def start_engine(log_dir: Path) -> ProcessLauncher:
     return engine
 
 
+def redis_prefix() -> str:
+    return f"bench-cost-{os.getpid()}:"
+
+
 def start_gateway(variant: str, engine_url: str, log_dir: Path) -> tuple[ProcessLauncher, str | None]:
-    config, key = variant_config(variant, engine_url, f"bench-cost-{os.getpid()}:")
+    config, key = variant_config(variant, engine_url, redis_prefix())
     name = variant.replace("+", "plus-").replace(" ", "-")
     config_path = log_dir / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -182,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         if engine is not None:
             engine.stop()
         shutil.rmtree(log_dir, ignore_errors=True)
+        drop_redis_keys(redis_prefix())
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["summary"] = summarize(results["runs"], args.connections)
     out = Path(args.out)

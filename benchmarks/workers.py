@@ -44,7 +44,7 @@ import yaml
 from backends.launchers.process import ProcessLauncher, free_port
 from benchmarks.loadgen import ArrivalProcess, run_load
 from benchmarks.nginx_engine import nginx_command
-from benchmarks.overhead import gateway_config
+from benchmarks.overhead import drop_redis_keys, gateway_config
 from benchmarks.workloads import UniformRandomWorkload
 from benchmarks.wrk_load import run_wrk, wrk_script
 
@@ -91,10 +91,15 @@ def start_engines(stand_ins: bool, log_dir: Path) -> list[ProcessLauncher]:
     return engines
 
 
+def redis_prefix() -> str:
+    """Where this run's gateways keep their limits in the shared Redis (dropped at the end)."""
+    return f"bench-workers-{os.getpid()}:"
+
+
 def start_gateway(engines: list[ProcessLauncher], workers: int, log_dir: Path,
                   full: bool = False) -> tuple[ProcessLauncher, str | None]:
     """The gateway and the API key its clients send (None with the pipeline off)."""
-    config, api_key = gateway_config(engines[0].url, full, f"bench-workers-{os.getpid()}:")
+    config, api_key = gateway_config(engines[0].url, full, redis_prefix())
     config["backends"] = [{"name": e.name, "kind": "vllm", "url": e.url, "models": [MODEL]} for e in engines]
     config_path = log_dir / f"gateway-{workers}.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -341,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         for launcher in [*(g for g, _ in gateways.values()), *engines]:
             launcher.stop()
         shutil.rmtree(log_dir, ignore_errors=True)
+        if full:
+            drop_redis_keys(redis_prefix())
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["summary"] = summarize(results["runs"], os.cpu_count() or 1)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import redis
 from openai import OpenAI
 
 from benchmarks import workers
 from benchmarks.nginx_engine import STAND_IN_TEXT, chat_body, completion_body, nginx_config, nginx_quoted
+from benchmarks.overhead import drop_redis_keys
 from benchmarks.wrk_load import parse_report, wrk_script
 
 needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None and shutil.which("/usr/sbin/nginx") is None,
@@ -68,6 +70,7 @@ def test_the_gateway_relays_the_nginx_stand_in_as_a_vllm_engine(tmp_path: Path) 
     finally:
         for launcher in [*([gateway] if gateway else []), *engines]:
             launcher.stop()
+        drop_redis_keys(workers.redis_prefix())
 
 
 @needs_nginx
@@ -85,3 +88,4 @@ def test_a_short_stand_in_run_answers_everything_on_both_workers(tmp_path: Path)
     assert set(two) == {"0", "1"} and min(two.values()) > 0
     assert results["summary"]["two_workers_if_cost_unchanged_requests_per_s"] > 0
     assert out.with_suffix(".png").stat().st_size > 0
+    assert not list(redis.Redis().scan_iter(match=f"{workers.redis_prefix()}*")), "left keys in Redis"
