@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from backends.launchers.process import free_port
-from benchmarks.overhead import MODEL, RESULTS, batch, gateway_config, start
+from benchmarks.overhead import MODEL, RESULTS, batch, drop_redis_keys, gateway_config, start
 
 # Innermost frame first wins: the first rule whose marker is in a frame's file path names the part.
 PARTS: tuple[tuple[str, str], ...] = (
@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             gateway.stop()
     finally:
         engine.stop()
+        drop_redis_keys(f"profile-{os.getpid()}:")
     summary = summarize(collapsed)
     result = {
         "settings": {"pipeline": args.pipeline, "mode": mode, "requests": args.requests,
