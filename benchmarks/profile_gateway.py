@@ -10,8 +10,9 @@ routing, metrics, event loop...; asyncio's frames count for their caller), so na
 write, hiredis, httptools) counts for the Python code that asked for it. ``--native`` matters: without
 it py-spy loses the coroutine frames run from uvloop's callbacks in about half the samples and shows
 them as the loop's own time (the previous profile's "50% event loop" was mostly that). Writes
-``benchmarks/results/profile_<pipeline>_<mode>.json`` (the breakdown, the top functions by own
-samples, the collapsed stacks' path) and prints a summary.
+``benchmarks/results/profile_<pipeline>_<mode>[_c<concurrency>].json`` (the breakdown, the top
+functions by own samples, the collapsed stacks' path; the concurrency is named when not 16) and
+prints a summary.
 
 Run: ``python -m benchmarks.profile_gateway [--pipeline full|off] [--stream] [--requests N]``.
 """
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     args = parser.parse_args(argv)
     mode = "stream" if args.stream else "non-stream"
+    # The recorded profiles are at the default concurrency; another one gets its own file.
+    name = f"profile_{args.pipeline}_{mode}" + ("" if args.concurrency == 16 else f"_c{args.concurrency}")
     log_dir = Path(tempfile.mkdtemp(prefix="profile-"))
     engine_port = free_port()
     engine = start("engine", [sys.executable, "-m", "backends.sim", "--dialect", "vllm", "--model", MODEL,
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             assert gateway.process is not None
             asyncio.run(batch(gateway.url, 200, args.concurrency, args.stream, 0, api_key))
-            collapsed = RESULTS / f"profile_{args.pipeline}_{mode}.collapsed.txt"
+            collapsed = RESULTS / f"{name}.collapsed.txt"
             # --native needs py-spy to pause the process for each sample (no --nonblocking).
             spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--native",
                                     "--pid", str(gateway.process.pid), "--rate", str(args.rate),
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "collapsed_stacks": collapsed.name,
         **summary,
     }
-    out = RESULTS / f"profile_{args.pipeline}_{mode}.json"
+    out = RESULTS / f"{name}.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("samples", "parts_percent")}, indent=2))
     for frame, percent in result["top_own_percent"][:15]:
