@@ -4,9 +4,10 @@ answer for ``/v1/completions`` and ``/v1/chat/completions`` whatever the prompt)
 
 Why: a sim engine is Python and costs more CPU per request than the gateway itself (0.32 ms against
 0.18 in ``results/workers.json``), so on this 2-core machine it hides how the gateway scales. nginx
-answers a fixed body for a few microseconds of CPU. It is a stand-in, not an engine: no streaming, no
-tokens, no cache; only what the gateway's CPU cost and its workers' scaling need. The bodies are
-copied from the sim's vLLM 0.32 answers (which the contract suite checks against real vLLM).
+answers a fixed body for ~0.03 ms of CPU here, a tenth of the sim. It is a stand-in, not an engine:
+no streaming, no tokens, no cache; only what the gateway's CPU cost and its workers' scaling need.
+The bodies are copied from the sim's vLLM 0.32 answers (which the contract suite checks against real
+vLLM).
 Needs ``nginx`` on PATH (Debian: ``apt-get install nginx-light``).
 """
 

@@ -4,7 +4,8 @@ worker that served them (``x-llm-gateway-worker``).
 
 Why beside the Python load generator (``benchmarks.loadgen``, which implements the field's metric
 definitions): that one spends ~0.2 ms of CPU per request, more than the gateway, so on a 2-core
-machine it takes the cores a second gateway worker would need. wrk measures only throughput and
+machine it takes the cores a second gateway worker would need; wrk with this script spends ~0.03 ms
+(``results/workers_stand_ins_*.json``, ``loadgen_cpu_ms_per_request``). wrk measures only throughput and
 latency percentiles, which is all a scaling run needs. Needs ``wrk`` on PATH (Debian: ``apt-get
 install wrk``).
 """
