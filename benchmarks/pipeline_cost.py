@@ -17,7 +17,6 @@ benchmarks.pipeline_cost [--quick]``. Needs nginx and wrk (Debian: ``apt-get ins
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -33,8 +32,8 @@ import yaml
 from backends.launchers.process import ProcessLauncher, free_port
 from benchmarks.nginx_engine import nginx_command
 from benchmarks.overhead import MODEL, cpu_seconds, drop_redis_keys, gateway_config
-from benchmarks.workers import wrk_bodies
-from benchmarks.wrk_load import run_wrk, wrk_script
+from benchmarks.workers import start, wrk_bodies
+from benchmarks.wrk_load import run_wrk, write_completions_script
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("off", "keys+routing", "+memory limits", "full")
@@ -56,11 +55,7 @@ def variant_config(variant: str, engine_url: str, prefix: str) -> tuple[dict[str
 
 def start_engine(log_dir: Path) -> ProcessLauncher:
     port = free_port()
-    engine = ProcessLauncher("engine", nginx_command(port, MODEL, log_dir / "nginx"), port,
-                             log_path=log_dir / "engine.log")
-    engine.start()
-    asyncio.run(engine.wait_healthy(30))
-    return engine
+    return start("engine", nginx_command(port, MODEL, log_dir / "nginx"), port, log_dir)
 
 
 def redis_prefix() -> str:
@@ -73,20 +68,9 @@ def start_gateway(variant: str, engine_url: str, log_dir: Path) -> tuple[Process
     config_path = log_dir / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     port = free_port()
-    gateway = ProcessLauncher(name, ["taskset", "-c", str(GATEWAY_CORE), sys.executable, "-m", "gateway.cli",
-                                     "serve", "--config", str(config_path), "--port", str(port)],
-                              port, log_path=log_dir / f"{name}.log")
-    gateway.start()
-    asyncio.run(gateway.wait_healthy(60))
-    return gateway, key
-
-
-def script_for(path: Path, key: str | None, bodies: list[bytes]) -> Path:
-    headers = {"Content-Type": "application/json"}
-    if key is not None:
-        headers["Authorization"] = f"Bearer {key}"
-    path.write_text(wrk_script(bodies, "/v1/completions", headers))
-    return path
+    command = ["taskset", "-c", str(GATEWAY_CORE), sys.executable, "-m", "gateway.cli", "serve", "--config",
+               str(config_path), "--port", str(port)]
+    return start(name, command, port, log_dir), key
 
 
 def summarize(rows: list[dict[str, Any]], connections: list[int]) -> dict[str, Any]:
@@ -157,10 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         engine = start_engine(log_dir)
         bodies = wrk_bodies()
-        direct = script_for(log_dir / "direct.lua", None, bodies)
+        direct = write_completions_script(log_dir / "direct.lua", bodies, None)
         for variant in VARIANTS:
             gateway, key = start_gateway(variant, engine.url, log_dir)
-            gateways[variant] = (gateway, script_for(log_dir / f"{len(gateways)}.lua", key, bodies))
+            script = write_completions_script(log_dir / f"{len(gateways)}.lua", bodies, key)
+            gateways[variant] = (gateway, script)
             run_wrk(gateway.url, gateways[variant][1], 16, 1)  # warm up
         for round_no in range(rounds):
             for c in args.connections:

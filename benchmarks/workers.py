@@ -44,19 +44,14 @@ import yaml
 from backends.launchers.process import ProcessLauncher, free_port
 from benchmarks.loadgen import ArrivalProcess, run_load
 from benchmarks.nginx_engine import nginx_command
-from benchmarks.overhead import drop_redis_keys, gateway_config
+from benchmarks.overhead import cpu_seconds, drop_redis_keys, gateway_config
 from benchmarks.workloads import UniformRandomWorkload
-from benchmarks.wrk_load import run_wrk, wrk_script
+from benchmarks.wrk_load import run_wrk, write_completions_script
 
 MODEL = "sim-model"
 RESULTS = Path(__file__).resolve().parent / "results"
 WORKER_HEADER = "x-llm-gateway-worker"
 CONCURRENCY = 64
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -320,11 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.stand_ins:
             scripts = {}
             for workers, (gateway, api_key) in gateways.items():
-                headers = {"Content-Type": "application/json"}
-                if api_key is not None:
-                    headers["Authorization"] = f"Bearer {api_key}"
-                scripts[workers] = log_dir / f"wrk-{workers}.lua"
-                scripts[workers].write_text(wrk_script(wrk_bodies(), "/v1/completions", headers))
+                scripts[workers] = write_completions_script(log_dir / f"wrk-{workers}.lua", wrk_bodies(),
+                                                            api_key)
                 measure_wrk(gateway, engines, workers, 1, scripts[workers], redis)  # warm up
             for round_no in range(rounds):
                 for workers, (gateway, _) in gateways.items():

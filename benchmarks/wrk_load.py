@@ -100,6 +100,15 @@ def wrk_script(bodies: list[bytes], path: str, headers: dict[str, str]) -> str:
         "path": path, "worker_header": WORKER_HEADER}
 
 
+def write_completions_script(path: Path, bodies: list[bytes], api_key: str | None) -> Path:
+    """The script posting ``bodies`` to ``/v1/completions`` (with ``api_key`` as a bearer key if given)."""
+    headers = {"Content-Type": "application/json"}
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
+    path.write_text(wrk_script(bodies, "/v1/completions", headers))
+    return path
+
+
 def parse_report(stdout: str) -> WrkReport:
     """The counters the script's ``done`` printed; ValueError when wrk printed none (it failed)."""
     found: dict[str, dict[str, int]] = {}

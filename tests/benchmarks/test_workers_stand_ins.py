@@ -88,4 +88,5 @@ def test_a_short_stand_in_run_answers_everything_on_both_workers(tmp_path: Path)
     assert set(two) == {"0", "1"} and min(two.values()) > 0
     assert results["summary"]["two_workers_if_cost_unchanged_requests_per_s"] > 0
     assert out.with_suffix(".png").stat().st_size > 0
-    assert not list(redis.Redis().scan_iter(match=f"{workers.redis_prefix()}*")), "left keys in Redis"
+    with redis.Redis() as client:
+        assert not list(client.scan_iter(match=f"{workers.redis_prefix()}*")), "left keys in Redis"
