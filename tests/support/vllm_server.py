@@ -66,6 +66,13 @@ class VllmServerConfig:
     num_gpu_blocks: int = 256
     max_num_seqs: int = 8
     extra_args: tuple[str, ...] = ()
+    # The CPUs every process of the server runs on (its compute threads bound there too); () for all.
+    cpus: tuple[int, ...] = ()
+
+    def env(self) -> dict[str, str]:
+        if not self.cpus:
+            return dict(SERVER_ENV)
+        return {**SERVER_ENV, "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, self.cpus))}
 
     def args(self, model_dir: Path, port: int) -> list[str]:
         return [
@@ -135,7 +142,8 @@ class VllmServer:
         if missing:
             raise VllmServerError(missing)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **SERVER_ENV}
+        env = {**os.environ, **self.config.env()}
+        cpus = self.config.cpus
         started = time.monotonic()
         with self.log_path.open("wb") as log:
             # A session of its own: a last-resort SIGKILL can reach the engine-core child too.
@@ -143,6 +151,7 @@ class VllmServer:
                 [str(self.install.python), *self.config.args(self.install.model_dir, self.port)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 cwd=REPO_ROOT, start_new_session=True,
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
             )
         try:
             self._wait_healthy(started)
