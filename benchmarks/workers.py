@@ -21,6 +21,10 @@ API keys, Redis limits and prefix_affinity (the overhead benchmark's full config
 then counted beside the others'. The summary adds what 2 workers could reach if each request still
 cost what it did with one (the machine's cores over the CPU per request of everything measured) and
 the share of it reached. Needs nginx and wrk (Debian: ``apt-get install nginx-light wrk``).
+
+On a machine with more cores, ``--worker-counts 1,2,4,8 --wrk-threads 4 --connections 256`` measures
+more counts (each against N times one worker, or all cores at one worker's cost per request, whichever
+is lower); the stand-ins and wrk then have cores of their own instead of sharing the gateway's.
 """
 
 from __future__ import annotations
@@ -185,14 +189,15 @@ def wrk_bodies(count: int = 512) -> list[bytes]:
 
 
 def measure_wrk(gateway: ProcessLauncher, engines: list[ProcessLauncher], workers: int, seconds: float,
-                script: Path, redis: int | None) -> dict[str, Any]:
-    """One batch of ``seconds`` from wrk (``CONCURRENCY`` connections)."""
+                script: Path, redis: int | None, connections: int = CONCURRENCY,
+                threads: int = 1) -> dict[str, Any]:
+    """One batch of ``seconds`` from wrk (``connections`` connections over ``threads`` threads)."""
     pids = gateway_pids(gateway)
     engines_pids = engine_pids(engines)
     assert len(pids) == 1 + (workers if workers > 1 else 0), pids
     gw0, en0 = total_cpu(pids), total_cpu(engines_pids)
     rd0 = cpu_seconds(redis) if redis is not None else 0.0
-    report, lg_cpu = run_wrk(gateway.url, script, CONCURRENCY, seconds)
+    report, lg_cpu = run_wrk(gateway.url, script, connections, seconds, threads)
     gw_cpu, en_cpu = total_cpu(pids) - gw0, total_cpu(engines_pids) - en0
     rd_cpu = cpu_seconds(redis) - rd0 if redis is not None else 0.0
     done = report.requests
@@ -212,9 +217,13 @@ def measure_wrk(gateway: ProcessLauncher, engines: list[ProcessLauncher], worker
 
 
 def summarize(rows: list[dict[str, Any]], cores: int) -> dict[str, Any]:
+    """Per worker count: throughput, CPU per request and spread; then each count's scaling over one
+    worker and its ceiling: N times one worker's throughput, or, where the cores run out first, every
+    core busy with each request costing everything what it cost with one worker."""
     out: dict[str, Any] = {}
     others = ("engines_cpu_ms_per_request", "loadgen_cpu_ms_per_request", "redis_cpu_ms_per_request")
-    for workers in (1, 2):
+    counts = sorted({r["workers"] for r in rows})
+    for workers in counts:
         mine = [r for r in rows if r["workers"] == workers]
         requests = sum(r["requests"] for r in mine)
         ok = sum(r["requests"] - r["failed"] for r in mine)
@@ -227,16 +236,27 @@ def summarize(rows: list[dict[str, Any]], cores: int) -> dict[str, Any]:
             "gateway_cpu_ms_per_request": per_request("gateway_cpu_ms_per_request"),
             "others_cpu_ms_per_request": sum(per_request(field) for field in others),
             "gateway_cpu_cores": float(np.mean([r["gateway_cpu_cores"] for r in mine])),
+            "machine_cpu_cores": float(np.mean([r.get("machine_cpu_cores", 0.0) for r in mine])),
+            # Redis runs its scripts on one thread: near 1.0 it is what caps the full pipeline.
+            "redis_cpu_cores": float(np.mean([r.get("redis_cpu_ms_per_request", 0.0) * r["requests_per_s"]
+                                              / 1000 for r in mine])),
             "e2el_p50_ms": float(np.median([r["e2el_p50_ms"] for r in mine])),
             "failed": sum(r["failed"] for r in mine),
             "requests_per_worker": dict(sum((Counter(r["requests_per_worker"]) for r in mine), Counter())),
         }
-    out["scaling_ratio"] = out["workers_2"]["requests_per_s"] / out["workers_1"]["requests_per_s"]
     one = out["workers_1"]
-    # Every core busy, each request costing everything what it cost with one worker.
-    ideal = 1000 * cores / (one["gateway_cpu_ms_per_request"] + one["others_cpu_ms_per_request"])
-    out["two_workers_if_cost_unchanged_requests_per_s"] = ideal
-    out["share_of_that_reached"] = out["workers_2"]["requests_per_s"] / ideal
+    cores_bound = 1000 * cores / (one["gateway_cpu_ms_per_request"] + one["others_cpu_ms_per_request"])
+    out["scaling"], out["ceiling_requests_per_s"], out["share_of_ceiling_reached"] = {}, {}, {}
+    for workers in counts:
+        rate = out[f"workers_{workers}"]["requests_per_s"]
+        ceiling = min(workers * one["requests_per_s"], cores_bound)
+        out["scaling"][str(workers)] = rate / one["requests_per_s"]
+        out["ceiling_requests_per_s"][str(workers)] = ceiling
+        out["share_of_ceiling_reached"][str(workers)] = rate / ceiling
+    if 2 in counts:  # the names the 2-core results and the README use
+        out["scaling_ratio"] = out["scaling"]["2"]
+        out["two_workers_if_cost_unchanged_requests_per_s"] = out["ceiling_requests_per_s"]["2"]
+        out["share_of_that_reached"] = out["share_of_ceiling_reached"]["2"]
     return out
 
 
@@ -246,20 +266,23 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     summary, rows = results["summary"], results["runs"]
+    counts = sorted({row["workers"] for row in rows})
+    labels = [f"{n} worker{'s' if n > 1 else ''}" for n in counts]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, field, label in ((axes[0], "requests_per_s", "requests / s"),
                              (axes[1], "gateway_cpu_ms_per_request", "gateway CPU ms / request")):
-        ax.bar(["1 worker", "2 workers"], [summary[f"workers_{w}"][field] for w in (1, 2)],
-               color=["tab:blue", "tab:orange"], alpha=0.6)
+        ax.bar(labels, [summary[f"workers_{n}"][field] for n in counts], color="tab:blue", alpha=0.6)
         for row in rows:
-            ax.plot(row["workers"] - 1, row[field], "k.", markersize=8)
+            ax.plot(counts.index(row["workers"]), row[field], "k.", markersize=8)
         ax.set(ylabel=label)
         ax.grid(alpha=0.3, axis="y")
-    axes[0].axhline(summary["two_workers_if_cost_unchanged_requests_per_s"], color="tab:gray", ls="--",
-                    label="2 workers if each request cost what it did with 1")
+    axes[0].plot(range(len(counts)), [summary["ceiling_requests_per_s"][str(n)] for n in counts], "_",
+                 color="tab:gray", markersize=40, mew=2,
+                 label="ceiling: N x 1 worker, or all cores at 1 worker's cost per request")
     axes[0].legend(fontsize=8, loc="lower right")
-    axes[0].set_title(f"Throughput (scaling ratio {summary['scaling_ratio']:.2f}, "
-                      f"{100 * summary['share_of_that_reached']:.0f}% of the dashed line)")
+    scaling = ", ".join(f"{n}: {summary['scaling'][str(n)]:.2f}x "
+                        f"({100 * summary['share_of_ceiling_reached'][str(n)]:.0f}%)" for n in counts[1:])
+    axes[0].set_title(f"Throughput (scaling, share of ceiling: {scaling})", fontsize=9)
     axes[1].set_title("Gateway CPU per request (all its processes)")
     machine, setup = results["machine"], results["settings"]
     fig.suptitle(f"{setup['gateway']}\nengines: {setup['engines']}; "
@@ -269,13 +292,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def settings(stand_ins: bool, full: bool, rounds: int, seconds: float) -> dict[str, Any]:
+def settings(stand_ins: bool, full: bool, rounds: int, seconds: float, connections: int = CONCURRENCY,
+             wrk_threads: int = 1) -> dict[str, Any]:
     return {
-        "concurrency": CONCURRENCY, "rounds": rounds, "target_batch_s": seconds,
+        "concurrency": connections, "rounds": rounds, "target_batch_s": seconds,
         "workload": "uniform, 64 words in, 16 tokens out, ignore_eos, non-stream",
         "engines": ("2 nginx stand-ins answering fixed vLLM bodies (benchmarks/nginx_engine.py)" if stand_ins
                     else "2 sim engines, vllm dialect, instant profile, --max-num-seqs 512"),
-        "load": (f"wrk, 1 thread, {CONCURRENCY} keep-alive connections, 512 distinct bodies" if stand_ins
+        "load": (f"wrk, {wrk_threads} thread{'s' if wrk_threads > 1 else ''}, {connections} keep-alive "
+                 "connections, 512 distinct bodies" if stand_ins
                  else f"benchmarks.loadgen, closed loop, {CONCURRENCY} concurrent"),
         "gateway": ("llm-gateway serve --workers N, full pipeline: API key, Redis limits, prefix_affinity, "
                     "metrics, info logs" if full else "llm-gateway serve --workers N, round robin, no auth, "
@@ -290,17 +315,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stand-ins", action="store_true",
                         help="nginx engines and wrk load (see the module docstring)")
     parser.add_argument("--pipeline", choices=("off", "full"), default="off")
+    parser.add_argument("--worker-counts", default="1,2",
+                        help="comma-separated worker counts, 1 among them (more than 2 wants more cores)")
+    parser.add_argument("--connections", type=int, default=CONCURRENCY,
+                        help="wrk's keep-alive connections (--stand-ins only)")
+    parser.add_argument("--wrk-threads", type=int, default=1, help="wrk's threads (--stand-ins only)")
     parser.add_argument("--out", default=None,
                         help="default results/workers.json, with --stand-ins workers_stand_ins_PIPELINE.json")
     args = parser.parse_args(argv)
     full = args.pipeline == "full"
+    counts = sorted({int(n) for n in args.worker_counts.split(",")})
+    if 1 not in counts or min(counts) < 1:
+        parser.error("--worker-counts must hold 1 (every count is compared with one worker)")
+    if not args.stand_ins and (counts != [1, 2] or args.connections != CONCURRENCY or args.wrk_threads != 1):
+        parser.error("--worker-counts, --connections and --wrk-threads go with --stand-ins")
     rounds, seconds = (1, 4.0) if args.quick else (3, args.seconds)
     default_name = f"workers_stand_ins_{args.pipeline}.json" if args.stand_ins else (
         "workers.json" if not full else "workers_full.json")
     out = Path(args.out) if args.out else RESULTS / default_name
     log_dir = Path(tempfile.mkdtemp(prefix="workers-bench-"))
     results: dict[str, Any] = {
-        "settings": settings(args.stand_ins, full, rounds, seconds),
+        "settings": {**settings(args.stand_ins, full, rounds, seconds, args.connections, args.wrk_threads),
+                     "command": " ".join(["python -m benchmarks.workers", *(argv or sys.argv[1:])])},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "loadavg_start": os.getloadavg()},
         "runs": [],
@@ -310,17 +346,19 @@ def main(argv: list[str] | None = None) -> int:
     redis = redis_pid() if full else None
     try:
         engines = start_engines(args.stand_ins, log_dir)
-        for workers in (1, 2):
+        for workers in counts:
             gateways[workers] = start_gateway(engines, workers, log_dir, full)
         if args.stand_ins:
             scripts = {}
             for workers, (gateway, api_key) in gateways.items():
                 scripts[workers] = write_completions_script(log_dir / f"wrk-{workers}.lua", wrk_bodies(),
                                                             api_key)
-                measure_wrk(gateway, engines, workers, 1, scripts[workers], redis)  # warm up
+                measure_wrk(gateway, engines, workers, 1, scripts[workers], redis,  # warm up
+                            args.connections, args.wrk_threads)
             for round_no in range(rounds):
                 for workers, (gateway, _) in gateways.items():
-                    row = measure_wrk(gateway, engines, workers, seconds, scripts[workers], redis)
+                    row = measure_wrk(gateway, engines, workers, seconds, scripts[workers], redis,
+                                      args.connections, args.wrk_threads)
                     results["runs"].append({"round": round_no, **row})
                     print(json.dumps(results["runs"][-1]), file=sys.stderr)
         else:

@@ -125,21 +125,22 @@ def parse_report(stdout: str) -> WrkReport:
         latency_p50_ms=summary["latency_p50_us"] / 1000, latency_p99_ms=summary["latency_p99_us"] / 1000)
 
 
-def wrk_command(url: str, script: Path, connections: int, seconds: float) -> list[str]:
+def wrk_command(url: str, script: Path, connections: int, seconds: float, threads: int = 1) -> list[str]:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise FileNotFoundError("wrk is not installed (Debian: apt-get install wrk)")
     if not re.fullmatch(r"http://[^/]+", url):
         raise ValueError(f"wrk wants the server's base URL, not {url!r}")
-    return [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+    return [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
             "-s", str(script), url]
 
 
-def run_wrk(url: str, script: Path, connections: int, seconds: float) -> tuple[WrkReport, float]:
+def run_wrk(url: str, script: Path, connections: int, seconds: float,
+            threads: int = 1) -> tuple[WrkReport, float]:
     """Run wrk to its end: its report and the CPU seconds it used (from the rusage of this process's
     waited-for children, so wrk must be the only child that ends meanwhile)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(wrk_command(url, script, connections, seconds), stdout=subprocess.PIPE,
+    done = subprocess.run(wrk_command(url, script, connections, seconds, threads), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=seconds + 60, check=False)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:

@@ -90,3 +90,33 @@ def test_a_short_stand_in_run_answers_everything_on_both_workers(tmp_path: Path)
     assert out.with_suffix(".png").stat().st_size > 0
     with redis.Redis() as client:
         assert not list(client.scan_iter(match=f"{workers.redis_prefix()}*")), "left keys in Redis"
+
+
+def row(workers: int, rate: float, gateway_ms: float, others_ms: float,
+        redis_ms: float = 0.0) -> dict[str, object]:
+    return {"workers": workers, "requests": round(rate), "failed": 0, "duration_s": 1.0,
+            "requests_per_s": rate, "e2el_p50_ms": 1.0, "gateway_cpu_ms_per_request": gateway_ms,
+            "gateway_cpu_cores": rate * gateway_ms / 1000, "engines_cpu_ms_per_request": others_ms,
+            "loadgen_cpu_ms_per_request": 0.0, "redis_cpu_ms_per_request": redis_ms,
+            "requests_per_worker": {str(i): round(rate) // workers for i in range(workers)}}
+
+
+def test_each_worker_count_is_held_to_n_times_one_worker_or_to_the_cores_whichever_is_lower() -> None:
+    # One worker: 5,000 req/s at 0.2 ms gateway + 0.04 engines + 0.01 Redis = 0.25 ms of machine per request.
+    rows = [row(1, 5000, 0.2, 0.04, 0.01), row(2, 9000, 0.2, 0.04, 0.01), row(4, 15000, 0.2, 0.04, 0.01)]
+    on_16_cores = workers.summarize(rows, cores=16)
+    assert on_16_cores["ceiling_requests_per_s"] == {"1": 5000, "2": 10000, "4": 20000}
+    assert on_16_cores["scaling"] == {"1": 1.0, "2": 1.8, "4": 3.0}
+    assert on_16_cores["share_of_ceiling_reached"]["4"] == 0.75
+    assert on_16_cores["scaling_ratio"] == 1.8 and on_16_cores["share_of_that_reached"] == 0.9
+    assert abs(on_16_cores["workers_4"]["redis_cpu_cores"] - 0.15) < 1e-9
+    on_2_cores = workers.summarize(rows, cores=2)  # 2 cores / 0.25 ms: 8,000 req/s at most
+    assert on_2_cores["ceiling_requests_per_s"] == {"1": 5000, "2": 8000, "4": 8000}
+    assert on_2_cores["two_workers_if_cost_unchanged_requests_per_s"] == 8000
+
+
+def test_worker_counts_must_include_one_worker_and_go_with_the_stand_ins() -> None:
+    with pytest.raises(SystemExit):
+        workers.main(["--stand-ins", "--worker-counts", "2,4"])
+    with pytest.raises(SystemExit):
+        workers.main(["--worker-counts", "1,4"])
