@@ -9,6 +9,11 @@ admit:  KEYS = limit keys..., ledger key
 settle: KEYS = limit keys (tokens, quota, concurrency)..., ledger key
         ARGV = lease_id, delta_tokens, admitted_us, then kind, capacity, window_us per limit key
         -> {now_us, seq}
+settle_many: KEYS as settle's (the same limits and ledger for every lease)
+        ARGV = m, then lease_id, delta_tokens, admitted_us per lease, then kind, capacity, window_us
+        per limit key -> {now_us, seq of the last}: m settlements in their order, at one instant, with
+        the same result as m settle calls in a row at that instant (each limit's state is read once,
+        carried through the m changes, written once)
 refresh: KEYS = concurrency keys; ARGV = lease_ttl_us, one lease id per key -> count refreshed
 
 Numbers are written with '%.0f' (Lua's default tostring keeps only 14 digits) and every value stays
@@ -191,6 +196,54 @@ local ledger = KEYS[n + 1]
 redis.call('HINCRBY', ledger, 'charged', num(delta))
 redis.call('HINCRBY', ledger, 'open', -1)
 local seq = redis.call('HINCRBY', ledger, 'seq', 1)
+return {now, seq}
+"""
+
+SETTLE_MANY = _COMMON + """
+local m = tonumber(ARGV[1])
+local n = #KEYS - 1
+local limits = 1 + 3 * m
+local total = 0
+for j = 1, m do total = total + tonumber(ARGV[3 * j]) end
+for i = 1, n do
+  local base = limits + (i - 1) * 3
+  local k = tonumber(ARGV[base + 1])
+  local c = tonumber(ARGV[base + 2])
+  local w = tonumber(ARGV[base + 3])
+  if k == 2 then
+    local level, changed = load_bucket(KEYS[i], c, w), false
+    local full = c * w
+    for j = 1, m do
+      local delta = tonumber(ARGV[3 * j])
+      if delta ~= 0 and (level ~= nil or delta > 0) then
+        level = math.max(-full, math.min(full, (level or full) - delta * w))
+        changed = true
+      end
+    end
+    if changed then save_bucket(KEYS[i], level, c, w) end
+  elseif k == 3 then
+    local v = redis.call('HMGET', KEYS[i], 'u', 'p')
+    if v[1] then
+      local used, changed = tonumber(v[1]), false
+      for j = 1, m do
+        local delta = tonumber(ARGV[3 * j])
+        if delta ~= 0 and tonumber(v[2]) == fdiv(tonumber(ARGV[3 * j + 1]), w) then
+          used = math.max(0, used + delta)
+          changed = true
+        end
+      end
+      if changed then redis.call('HSET', KEYS[i], 'u', num(used)) end
+    end
+  elseif k == 4 then
+    local ids = {}
+    for j = 1, m do ids[j] = ARGV[3 * j - 1] end
+    redis.call('ZREM', KEYS[i], unpack(ids))
+  end
+end
+local ledger = KEYS[n + 1]
+redis.call('HINCRBY', ledger, 'charged', num(total))
+redis.call('HINCRBY', ledger, 'open', -m)
+local seq = redis.call('HINCRBY', ledger, 'seq', m)
 return {now, seq}
 """
 

@@ -1,6 +1,7 @@
 """The Redis limiter: one EVALSHA per admission and one per settlement, so N gateway replicas share
 exactly one limit; the calls made in the same event-loop iteration travel as one pipeline, and a
-settlement waits (2 ms at most) to ride with the next admission (script_batch.py).
+settlement waits (2 ms at most) to ride with the next admission (script_batch.py). Settlements that
+travel together and touch the same limits go as one ``settle_many`` call.
 The scripts (gateway/tenancy/lua.py) use Redis ``TIME``. Also builds the Redis
 client with tight timeouts and no retries, so a failing Redis costs a bounded wait, never a hang
 (the caller decides fail_open or fail_closed).
@@ -8,7 +9,7 @@ client with tight timeouts and no retries, so a failing Redis costs a bounded wa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -17,7 +18,7 @@ from redis.backoff import NoBackoff
 
 from gateway.tenancy import lua
 from gateway.tenancy.resp import RespPipeline
-from gateway.tenancy.script_batch import LuaScript, ScriptBatcher
+from gateway.tenancy.script_batch import Arg, LuaScript, ScriptBatcher
 from gateway.tenancy.store import AdmitPlan, AdmitResult, Ledger, SettleResult
 from policies.ratelimit import Decision, Report
 
@@ -57,6 +58,29 @@ def _limit_args(plan_limits: Sequence[Any]) -> list[int]:
     return args
 
 
+class SettleMerge:
+    """Settlements of leases on the same limits (same keys, kinds, capacities and windows) become one
+    ``settle_many`` call; each still gets its own ledger sequence number, in order."""
+
+    def __init__(self, many: LuaScript) -> None:
+        self._many = many
+
+    def group(self, keys: Sequence[Arg], args: Sequence[Arg]) -> Hashable | None:
+        return (tuple(keys), tuple(args[3:]))
+
+    def combine(self, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
+                ) -> tuple[LuaScript, Sequence[Arg], Sequence[Arg]]:
+        args: list[Arg] = [len(calls)]
+        for _, lease_args in calls:
+            args += lease_args[:3]  # lease id, delta, admitted_us
+        keys, first_args = calls[0]
+        return self._many, keys, [*args, *first_args[3:]]
+
+    def split(self, reply: Any, count: int) -> list[Any]:
+        now, last_seq = int(reply[0]), int(reply[1])
+        return [[now, last_seq - count + index] for index in range(1, count + 1)]
+
+
 class RedisLimitStore:
     name = "redis"
 
@@ -67,7 +91,7 @@ class RedisLimitStore:
         self._pipeline = pipeline
         self._batch = ScriptBatcher(redis, pipeline=pipeline)
         self._admit = LuaScript(redis, lua.ADMIT)
-        self._settle = LuaScript(redis, lua.SETTLE)
+        self._settle = LuaScript(redis, lua.SETTLE, merge=SettleMerge(LuaScript(redis, lua.SETTLE_MANY)))
         self._refresh = redis.register_script(lua.REFRESH)
 
     async def admit(self, plan: AdmitPlan) -> AdmitResult:

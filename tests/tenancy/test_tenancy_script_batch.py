@@ -1,13 +1,15 @@
 """The limiter's script batching over real Redis: calls made in one event-loop iteration share one
 pipeline, each caller gets its own reply or error, a script Redis forgot is reloaded, and a broken
-connection fails every call of the batch (a private redis-server for the destructive cases). Each case
-runs over both carriers: redis-py's pipeline and the lean RESP connection (resp.py)."""
+connection fails every call of the batch (a private redis-server for the destructive cases); calls of a
+mergeable script pending together run as one, in order, each caller still getting its own reply or the
+merged call's error. Each case runs over both carriers: redis-py's pipeline and the lean RESP connection
+(resp.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from gateway.tenancy.resp import RespPipeline
-from gateway.tenancy.script_batch import LuaScript, ScriptBatcher
+from gateway.tenancy.script_batch import MAX_MERGED, Arg, LuaScript, ScriptBatcher
 from tests.support.redis_server import RedisServer
 
 SHARED = "redis://127.0.0.1:6379/0"
@@ -173,3 +175,76 @@ async def test_a_script_redis_refuses_to_load_fails_with_its_own_error(redis: Co
     with pytest.raises(ResponseError) as caught:
         await batcher.run(broken, [], [])
     assert not isinstance(caught.value, NoScriptError)
+
+
+# KEYS[1] a total, KEYS[2] how many times a script ran; ARGV[1] what to add ('bad' fails).
+ADD = """if ARGV[1] == 'bad' then return redis.error_reply('bad argument') end
+redis.call('INCR', KEYS[2]) return redis.call('INCRBY', KEYS[1], ARGV[1])"""
+ADD_MANY = """for i = 1, #ARGV do
+  if ARGV[i] == 'bad' then return redis.error_reply('bad argument') end
+end
+redis.call('INCR', KEYS[2]) local out = {}
+for i = 1, #ARGV do out[i] = redis.call('INCRBY', KEYS[1], ARGV[i]) end
+return out"""
+
+
+class AddMerge:
+    """Adds to one total merge into one ADD_MANY call, each caller getting its running total."""
+
+    def __init__(self, many: LuaScript) -> None:
+        self.many = many
+
+    def group(self, keys: Sequence[Arg], args: Sequence[Arg]) -> Hashable | None:
+        return tuple(keys)
+
+    def combine(self, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
+                ) -> tuple[LuaScript, Sequence[Arg], Sequence[Arg]]:
+        return self.many, calls[0][0], [args[0] for _, args in calls]
+
+    def split(self, reply: Any, count: int) -> list[Any]:
+        assert len(reply) == count
+        return list(reply)
+
+
+async def test_mergeable_calls_pending_together_run_as_one_in_order(redis: CountingRedis,
+                                                                    carrier: str) -> None:
+    batcher = batcher_for(redis, carrier, SHARED, linger_s=5.0)
+    add = LuaScript(redis, ADD, merge=AddMerge(LuaScript(redis, ADD_MANY)))
+    echo = LuaScript(redis, ECHO_INCR)
+    name = f"test:batch:{uuid.uuid4().hex}"
+    total, runs, other, other_runs, echoed = (f"{name}:{part}" for part in ("t", "r", "o", "or", "e"))
+    try:
+        assert await batcher.run(add, [total, runs], ["1"]) == 1  # alone: the plain script
+        deferred = [asyncio.ensure_future(batcher.run(add, [total, runs], [str(n)], defer=True))
+                    for n in (10, 100, 1000)]
+        lone = asyncio.ensure_future(batcher.run(add, [other, other_runs], ["5"], defer=True))
+        await asyncio.sleep(0.02)
+        urgent = await batcher.run(echo, [echoed], ["admit"])
+        assert await asyncio.gather(*deferred) == [11, 111, 1111], "each caller gets its own total, in order"
+        assert await lone == 5 and urgent == [b"admit", 1]
+        assert int(await redis.get(runs) or 0) == 2, "the three deferred adds ran as one script"
+        assert int(await redis.get(other_runs) or 0) == 1, "another group is not merged in"
+        many = await asyncio.gather(*(batcher.run(add, [total, runs], ["1"], defer=True)
+                                      for _ in range(MAX_MERGED + 3)))
+        assert many == list(range(1112, 1112 + MAX_MERGED + 3))
+        assert int(await redis.get(runs) or 0) == 4, "at most MAX_MERGED calls per merged call"
+    finally:
+        await redis.delete(total, runs, other, other_runs, echoed)
+
+
+async def test_a_failing_merged_call_fails_each_of_its_callers(redis: CountingRedis, carrier: str) -> None:
+    batcher = batcher_for(redis, carrier, SHARED)
+    add = LuaScript(redis, ADD, merge=AddMerge(LuaScript(redis, ADD_MANY)))
+    name = f"test:batch:{uuid.uuid4().hex}"
+    try:
+        first = asyncio.ensure_future(batcher.run(add, [f"{name}:t", f"{name}:r"], ["2"], defer=True))
+        results = await asyncio.gather(*(batcher.run(add, [f"{name}:t", f"{name}:r"], [arg], defer=True)
+                                         for arg in ("1", "bad", "3")), return_exceptions=True)
+        assert first.done()
+        assert all(isinstance(result, ResponseError) and "bad argument" in str(result)
+                   for result in [*results, first.exception()]), results
+        ok = await asyncio.gather(batcher.run(add, [f"{name}:t", f"{name}:r"], ["4"], defer=True),
+                                  batcher.run(add, [f"{name}:t", f"{name}:r"], ["5"], defer=True))
+        assert ok == [4, 9], "nothing of the failed call was applied"
+    finally:
+        await redis.delete(f"{name}:t", f"{name}:r")
