@@ -2,10 +2,13 @@
 Redis with Redis's own clock (``TIME``), so any number of gateway replicas enforce one limit.
 
 admit:  KEYS = limit keys..., ledger key
-        ARGV = lease_id, lease_ttl_us, prompt, completion, clamp(0/1), min_completion,
-               then kind, capacity, window_us per limit key
-        -> {admitted, now_us, completion, retry_us (-1: never fits), refused_index (-1), seq,
-            req_limit, req_remaining, req_reset_us, tok_limit, tok_remaining, tok_reset_us} (-1: none)
+        ARGV = m, then per request: lease_id, lease_ttl_us, prompt, completion, clamp(0/1),
+               min_completion; then kind, capacity, window_us per limit key
+        -> per request, in order: {admitted, now_us, completion, retry_us (-1: never fits),
+            refused_index (-1), seq, req_limit, req_remaining, req_reset_us, tok_limit, tok_remaining,
+            tok_reset_us} (-1: none), 12 numbers each. The m requests (of one key's limits) are decided
+            in order at one instant, as m calls in a row at that instant would decide them; each limit
+            is read once and written once.
 settle: KEYS = limit keys (tokens, quota, concurrency)..., ledger key
         ARGV = lease_id, delta_tokens, admitted_us, then kind, capacity, window_us per limit key
         -> {now_us, seq}
@@ -61,17 +64,13 @@ end
 """
 
 ADMIT = _COMMON + """
-local lease_id = ARGV[1]
-local ttl = tonumber(ARGV[2])
-local prompt = tonumber(ARGV[3])
-local completion = tonumber(ARGV[4])
-local clamp = ARGV[5] == '1'
-local min_completion = tonumber(ARGV[6])
+local m = tonumber(ARGV[1])
 local n = #KEYS - 1
 local ledger = KEYS[n + 1]
-local kind, cap, win, state = {}, {}, {}, {}
+local limits = 1 + 6 * m
+local kind, cap, win, state, changed = {}, {}, {}, {}, {}
 for i = 1, n do
-  local base = 6 + (i - 1) * 3
+  local base = limits + (i - 1) * 3
   kind[i] = tonumber(ARGV[base + 1])
   cap[i] = tonumber(ARGV[base + 2])
   win[i] = tonumber(ARGV[base + 3])
@@ -84,67 +83,6 @@ for i = 1, n do
     redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', num(now))
     state[i] = redis.call('ZCARD', KEYS[i])
   end
-end
-
-if clamp then
-  local room = nil
-  for i = 1, n do
-    local left = nil
-    if kind[i] == 2 then left = fdiv(state[i], win[i]) - prompt
-    elseif kind[i] == 3 then left = cap[i] - state[i] - prompt end
-    if left ~= nil and (room == nil or left < room) then room = left end
-  end
-  if room ~= nil and room < completion then completion = math.max(room, min_completion) end
-end
-local cost = prompt + completion
-
-local refused, wait, impossible = -1, 0, false
-for i = 1, n do
-  local ok, need
-  if kind[i] == 1 then
-    ok = state[i] >= win[i]
-    if 1 > cap[i] then need = nil else need = math.max(0, cdiv(win[i] - state[i], cap[i])) end
-  elseif kind[i] == 2 then
-    ok = cost <= cap[i] and state[i] >= cost * win[i]
-    if cost > cap[i] then need = nil else need = math.max(0, cdiv(cost * win[i] - state[i], cap[i])) end
-  elseif kind[i] == 3 then
-    ok = state[i] + cost <= cap[i]
-    if cost > cap[i] then need = nil else need = (fdiv(now, win[i]) + 1) * win[i] - now end
-  else
-    ok = state[i] < cap[i]
-    need = 1000000
-  end
-  if not ok then
-    if refused < 0 then refused = i - 1 end
-    if need == nil then impossible = true else wait = math.max(wait, need) end
-  end
-end
-
-local seq = 0
-if refused < 0 then
-  for i = 1, n do
-    if kind[i] == 1 then
-      state[i] = state[i] - win[i]
-      save_bucket(KEYS[i], state[i], cap[i], win[i])
-    elseif kind[i] == 2 then
-      state[i] = state[i] - cost * win[i]
-      save_bucket(KEYS[i], state[i], cap[i], win[i])
-    elseif kind[i] == 3 then
-      state[i] = state[i] + cost
-      redis.call('HSET', KEYS[i], 'u', num(state[i]), 'p', num(fdiv(now, win[i])))
-      local reset = (fdiv(now, win[i]) + 1) * win[i] - now
-      redis.call('PEXPIRE', KEYS[i], num(cdiv(reset, 1000) + 3600000))
-    else
-      redis.call('ZADD', KEYS[i], num(now + ttl), lease_id)
-      redis.call('PEXPIRE', KEYS[i], num(cdiv(2 * ttl, 1000)))
-    end
-  end
-  redis.call('HINCRBY', ledger, 'charged', num(cost))
-  redis.call('HINCRBY', ledger, 'open', 1)
-  seq = redis.call('HINCRBY', ledger, 'seq', 1)
-  wait = 0
-elseif impossible then
-  wait = -1
 end
 
 local function report(k)
@@ -161,9 +99,95 @@ local function report(k)
   end
   return best_limit, best_remaining, best_reset
 end
-local rl, rr, rt = report(1)
-local tl, tr, tt = report(2)
-return {refused < 0 and 1 or 0, now, completion, wait, refused, seq, rl, rr, rt, tl, tr, tt}
+
+local out, seq_at, members, charged, last_ttl = {}, {}, {}, 0, 0
+for j = 1, m do
+  local a = 1 + 6 * (j - 1)
+  local lease_id = ARGV[a + 1]
+  local ttl = tonumber(ARGV[a + 2])
+  local prompt = tonumber(ARGV[a + 3])
+  local completion = tonumber(ARGV[a + 4])
+  local clamp = ARGV[a + 5] == '1'
+  local min_completion = tonumber(ARGV[a + 6])
+
+  if clamp then
+    local room = nil
+    for i = 1, n do
+      local left = nil
+      if kind[i] == 2 then left = fdiv(state[i], win[i]) - prompt
+      elseif kind[i] == 3 then left = cap[i] - state[i] - prompt end
+      if left ~= nil and (room == nil or left < room) then room = left end
+    end
+    if room ~= nil and room < completion then completion = math.max(room, min_completion) end
+  end
+  local cost = prompt + completion
+
+  local refused, wait, impossible = -1, 0, false
+  for i = 1, n do
+    local ok, need
+    if kind[i] == 1 then
+      ok = state[i] >= win[i]
+      if 1 > cap[i] then need = nil else need = math.max(0, cdiv(win[i] - state[i], cap[i])) end
+    elseif kind[i] == 2 then
+      ok = cost <= cap[i] and state[i] >= cost * win[i]
+      if cost > cap[i] then need = nil else need = math.max(0, cdiv(cost * win[i] - state[i], cap[i])) end
+    elseif kind[i] == 3 then
+      ok = state[i] + cost <= cap[i]
+      if cost > cap[i] then need = nil else need = (fdiv(now, win[i]) + 1) * win[i] - now end
+    else
+      ok = state[i] < cap[i]
+      need = 1000000
+    end
+    if not ok then
+      if refused < 0 then refused = i - 1 end
+      if need == nil then impossible = true else wait = math.max(wait, need) end
+    end
+  end
+
+  if refused < 0 then
+    for i = 1, n do
+      if kind[i] == 1 then state[i] = state[i] - win[i]
+      elseif kind[i] == 2 then state[i] = state[i] - cost * win[i]
+      elseif kind[i] == 3 then state[i] = state[i] + cost
+      else state[i] = state[i] + 1 end
+      changed[i] = true
+    end
+    members[#members + 1] = num(now + ttl)
+    members[#members + 1] = lease_id
+    last_ttl = ttl
+    charged = charged + cost
+    seq_at[#seq_at + 1] = #out + 6
+    wait = 0
+  elseif impossible then
+    wait = -1
+  end
+  local rl, rr, rt = report(1)
+  local tl, tr, tt = report(2)
+  local reply = {refused < 0 and 1 or 0, now, completion, wait, refused, 0, rl, rr, rt, tl, tr, tt}
+  for x = 1, 12 do out[#out + 1] = reply[x] end
+end
+
+for i = 1, n do
+  if changed[i] then
+    if kind[i] <= 2 then
+      save_bucket(KEYS[i], state[i], cap[i], win[i])
+    elseif kind[i] == 3 then
+      redis.call('HSET', KEYS[i], 'u', num(state[i]), 'p', num(fdiv(now, win[i])))
+      local reset = (fdiv(now, win[i]) + 1) * win[i] - now
+      redis.call('PEXPIRE', KEYS[i], num(cdiv(reset, 1000) + 3600000))
+    else
+      redis.call('ZADD', KEYS[i], unpack(members))
+      redis.call('PEXPIRE', KEYS[i], num(cdiv(2 * last_ttl, 1000)))
+    end
+  end
+end
+if #seq_at > 0 then
+  redis.call('HINCRBY', ledger, 'charged', num(charged))
+  redis.call('HINCRBY', ledger, 'open', #seq_at)
+  local last = redis.call('HINCRBY', ledger, 'seq', #seq_at)
+  for k = 1, #seq_at do out[seq_at[k]] = last - #seq_at + k end
+end
+return out
 """
 
 SETTLE = _COMMON + """

@@ -1,7 +1,8 @@
 """The Redis limiter: one EVALSHA per admission and one per settlement, so N gateway replicas share
 exactly one limit; the calls made in the same event-loop iteration travel as one pipeline, and a
-settlement waits (2 ms at most) to ride with the next admission (script_batch.py). Settlements that
-travel together and touch the same limits go as one ``settle_many`` call.
+settlement waits (2 ms at most) to ride with the next admission (script_batch.py). Admissions that
+travel together and check the same limits go as one ``admit`` call deciding them in order, and so do
+settlements (``settle_many``).
 The scripts (gateway/tenancy/lua.py) use Redis ``TIME``. Also builds the Redis
 client with tight timeouts and no retries, so a failing Redis costs a bounded wait, never a hang
 (the caller decides fail_open or fail_closed).
@@ -58,6 +59,33 @@ def _limit_args(plan_limits: Sequence[Any]) -> list[int]:
     return args
 
 
+ADMIT_REPLY = 12  # numbers per request in the admit script's reply
+
+
+class AdmitMerge:
+    """Admissions on the same limits (same keys, kinds, capacities and windows) become one ``admit``
+    call for all of them, decided in order; each gets its own 12 numbers of the reply."""
+
+    def __init__(self, admit: LuaScript) -> None:
+        self._admit = admit
+
+    def group(self, keys: Sequence[Arg], args: Sequence[Arg]) -> Hashable | None:
+        return (tuple(keys), tuple(args[7:]))
+
+    def combine(self, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
+                ) -> tuple[LuaScript, Sequence[Arg], Sequence[Arg]]:
+        args: list[Arg] = [len(calls)]
+        for _, request_args in calls:
+            args += request_args[1:7]  # lease id, ttl, prompt, completion, clamp, min completion
+        keys, first_args = calls[0]
+        return self._admit, keys, [*args, *first_args[7:]]
+
+    def split(self, reply: Any, count: int) -> list[Any]:
+        if len(reply) != count * ADMIT_REPLY:
+            raise ValueError(f"admit answered {len(reply)} numbers for {count} requests")
+        return [reply[index * ADMIT_REPLY:(index + 1) * ADMIT_REPLY] for index in range(count)]
+
+
 class SettleMerge:
     """Settlements of leases on the same limits (same keys, kinds, capacities and windows) become one
     ``settle_many`` call; each still gets its own ledger sequence number, in order."""
@@ -91,13 +119,14 @@ class RedisLimitStore:
         self._pipeline = pipeline
         self._batch = ScriptBatcher(redis, pipeline=pipeline)
         self._admit = LuaScript(redis, lua.ADMIT)
+        self._admit.merge = AdmitMerge(self._admit)
         self._settle = LuaScript(redis, lua.SETTLE, merge=SettleMerge(LuaScript(redis, lua.SETTLE_MANY)))
         self._refresh = redis.register_script(lua.REFRESH)
 
     async def admit(self, plan: AdmitPlan) -> AdmitResult:
         demand = plan.demand
         keys = [p.key for p in plan.limits] + [plan.ledger_key]
-        args: list[str | int] = [plan.lease_id, plan.lease_ttl_us, demand.prompt_tokens,
+        args: list[str | int] = [1, plan.lease_id, plan.lease_ttl_us, demand.prompt_tokens,
                                  demand.completion_tokens, 1 if demand.clamp else 0,
                                  demand.min_completion_tokens, *_limit_args(plan.limits)]
         reply = [int(v) for v in await self._batch.run(self._admit, keys, args)]

@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.tenancy.memory_store import MemoryLimitStore
-from gateway.tenancy.redis_store import RedisLimitStore, SettleMerge, fast_pipeline
+from gateway.tenancy.redis_store import AdmitMerge, RedisLimitStore, SettleMerge, fast_pipeline
 from gateway.tenancy.store import AdmitPlan, AdmitResult, LimitStore, PlannedLimit
 from policies.ratelimit import Demand, Limit, LimitKind
 from tests.tenancy.conftest import SHARED_REDIS
@@ -43,8 +43,9 @@ def observed(result: AdmitResult) -> tuple[object, ...]:
 
 
 async def run(store: LimitStore, seed: int, prefix: str, together: bool = False) -> list[tuple[object, ...]]:
-    """``together``: the settlements drawn between two admissions are sent at once (in order), just
-    before the next admission, instead of one at a time; their sequence numbers join the trace."""
+    """``together``: the settlements drawn between two admission steps and the 1-4 admissions of the
+    next step are sent at once (in that order) instead of one at a time; sequence numbers join the
+    trace."""
     rng = random.Random(seed)
     limits = random_limits(rng, prefix)
     open_leases: list[tuple[AdmitPlan, AdmitResult]] = []
@@ -67,15 +68,22 @@ async def run(store: LimitStore, seed: int, prefix: str, together: bool = False)
                 else:
                     await store.settle(*settlement)
             continue
-        if waiting:
-            await settle_waiting()
-        demand = Demand(rng.randint(0, 300), rng.randint(0, 400), clamp=rng.random() < 0.5,
-                        min_completion_tokens=rng.randint(1, 20))
-        plan = AdmitPlan(uuid.uuid4().hex, limits, f"{prefix}ledger", demand, 60_000_000)
-        result = await store.admit(plan)
-        trace.append(observed(result))
-        if result.decision.admitted:
-            open_leases.append((plan, result))
+        plans = [AdmitPlan(uuid.uuid4().hex, limits, f"{prefix}ledger",
+                           Demand(rng.randint(0, 300), rng.randint(0, 400), clamp=rng.random() < 0.5,
+                                  min_completion_tokens=rng.randint(1, 20)), 60_000_000)
+                 for _ in range(rng.randint(1, 4) if together else 1)]
+        if together:
+            replies = await asyncio.gather(*(store.settle(*settlement) for settlement in waiting),
+                                           *(store.admit(plan) for plan in plans))
+            trace.append(tuple(reply.seq for reply in replies))
+            waiting.clear()
+            results = [reply for reply in replies[-len(plans):] if isinstance(reply, AdmitResult)]
+        else:
+            results = [await store.admit(plans[0])]
+        for plan, result in zip(plans, results, strict=True):
+            trace.append(observed(result))
+            if result.decision.admitted:
+                open_leases.append((plan, result))
     if waiting:
         await settle_waiting()
     ledger = await store.ledger(f"{prefix}ledger")
@@ -98,16 +106,15 @@ async def test_redis_store_decides_exactly_like_the_python_arithmetic(seed: int,
 
 
 @pytest.mark.parametrize("lean", [False, True], ids=["redis-py", "resp"])
-async def test_settlements_sent_together_land_as_one_by_one(lean: bool, prefix: str, shared_redis: Redis,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    merged: list[int] = []
-    combine = SettleMerge.combine
+async def test_calls_sent_together_land_as_one_by_one(lean: bool, prefix: str, shared_redis: Redis,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    merged: dict[str, list[int]] = {"admit": [], "settle": []}
+    for name, merge in (("admit", AdmitMerge), ("settle", SettleMerge)):
+        def counting(self: Any, calls: Any, name: str = name, combine: Any = merge.combine) -> Any:
+            merged[name].append(len(calls))
+            return combine(self, calls)
 
-    def counting_combine(self: SettleMerge, calls: Any) -> Any:
-        merged.append(len(calls))
-        return combine(self, calls)
-
-    monkeypatch.setattr(SettleMerge, "combine", counting_combine)
+        monkeypatch.setattr(merge, "combine", counting)
     for seed in range(8):
         memory = await run(MemoryLimitStore(), seed, f"{prefix}{seed}:", together=True)
         remote_store = RedisLimitStore(shared_redis, fast_pipeline(SHARED_REDIS, 5.0) if lean else None)
@@ -116,8 +123,9 @@ async def test_settlements_sent_together_land_as_one_by_one(lean: bool, prefix: 
         finally:
             await remote_store.aclose()
         assert remote == memory, seed
-    # Seeds 0-7 send 2-5 settlements at once 20 times (a limit that admits few sends fewer).
-    assert len(merged) >= 15 and max(merged) >= 5, merged
+    # Seeds 0-7: about 700 admission steps of 2-4 requests at once, 13 of 2-5 settlements.
+    assert len(merged["admit"]) >= 500 and max(merged["admit"]) == 4, merged
+    assert len(merged["settle"]) >= 10 and max(merged["settle"]) >= 5, merged
 
 
 @pytest.mark.parametrize("lean", [False, True], ids=["redis-py", "resp"])
