@@ -9,14 +9,10 @@ admit:  KEYS = limit keys..., ledger key
             tok_reset_us} (-1: none), 12 numbers each. The m requests (of one key's limits) are decided
             in order at one instant, as m calls in a row at that instant would decide them; each limit
             is read once and written once.
-settle: KEYS = limit keys (tokens, quota, concurrency)..., ledger key
-        ARGV = lease_id, delta_tokens, admitted_us, then kind, capacity, window_us per limit key
-        -> {now_us, seq}
-settle_many: KEYS as settle's (the same limits and ledger for every lease)
+settle: KEYS = limit keys (tokens, quota, concurrency)..., ledger key (the same for every lease)
         ARGV = m, then lease_id, delta_tokens, admitted_us per lease, then kind, capacity, window_us
         per limit key -> {now_us, seq of the last}: m settlements in their order, at one instant, with
-        the same result as m settle calls in a row at that instant (each limit's state is read once,
-        carried through the m changes, written once)
+        the same result as m calls in a row at that instant (each limit read once, written once)
 refresh: KEYS = concurrency keys; ARGV = lease_ttl_us, one lease id per key -> count refreshed
 
 Numbers are written with '%.0f' (Lua's default tostring keeps only 14 digits) and every value stays
@@ -191,39 +187,6 @@ return out
 """
 
 SETTLE = _COMMON + """
-local lease_id = ARGV[1]
-local delta = tonumber(ARGV[2])
-local admitted = tonumber(ARGV[3])
-local n = #KEYS - 1
-for i = 1, n do
-  local base = 3 + (i - 1) * 3
-  local k = tonumber(ARGV[base + 1])
-  local c = tonumber(ARGV[base + 2])
-  local w = tonumber(ARGV[base + 3])
-  if k == 2 and delta ~= 0 then
-    local level = load_bucket(KEYS[i], c, w)
-    if level ~= nil or delta > 0 then
-      local full = c * w
-      level = math.max(-full, math.min(full, (level or full) - delta * w))
-      save_bucket(KEYS[i], level, c, w)
-    end
-  elseif k == 3 and delta ~= 0 then
-    local v = redis.call('HMGET', KEYS[i], 'u', 'p')
-    if v[1] and tonumber(v[2]) == fdiv(admitted, w) then
-      redis.call('HSET', KEYS[i], 'u', num(math.max(0, tonumber(v[1]) + delta)))
-    end
-  elseif k == 4 then
-    redis.call('ZREM', KEYS[i], lease_id)
-  end
-end
-local ledger = KEYS[n + 1]
-redis.call('HINCRBY', ledger, 'charged', num(delta))
-redis.call('HINCRBY', ledger, 'open', -1)
-local seq = redis.call('HINCRBY', ledger, 'seq', 1)
-return {now, seq}
-"""
-
-SETTLE_MANY = _COMMON + """
 local m = tonumber(ARGV[1])
 local n = #KEYS - 1
 local limits = 1 + 3 * m

@@ -2,7 +2,7 @@
 exactly one limit; the calls made in the same event-loop iteration travel as one pipeline, and a
 settlement waits (2 ms at most) to ride with the next admission (script_batch.py). Admissions that
 travel together and check the same limits go as one ``admit`` call deciding them in order, and so do
-settlements (``settle_many``).
+settlements (one ``settle`` call); a lone one is the case of one.
 The scripts (gateway/tenancy/lua.py) use Redis ``TIME``. Also builds the Redis
 client with tight timeouts and no retries, so a failing Redis costs a bounded wait, never a hang
 (the caller decides fail_open or fail_closed).
@@ -88,21 +88,21 @@ class AdmitMerge:
 
 class SettleMerge:
     """Settlements of leases on the same limits (same keys, kinds, capacities and windows) become one
-    ``settle_many`` call; each still gets its own ledger sequence number, in order."""
+    ``settle`` call; each still gets its own ledger sequence number, in order."""
 
-    def __init__(self, many: LuaScript) -> None:
-        self._many = many
+    def __init__(self, settle: LuaScript) -> None:
+        self._settle = settle
 
     def group(self, keys: Sequence[Arg], args: Sequence[Arg]) -> Hashable | None:
-        return (tuple(keys), tuple(args[3:]))
+        return (tuple(keys), tuple(args[4:]))
 
     def combine(self, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
                 ) -> tuple[LuaScript, Sequence[Arg], Sequence[Arg]]:
         args: list[Arg] = [len(calls)]
         for _, lease_args in calls:
-            args += lease_args[:3]  # lease id, delta, admitted_us
+            args += lease_args[1:4]  # lease id, delta, admitted_us
         keys, first_args = calls[0]
-        return self._many, keys, [*args, *first_args[3:]]
+        return self._settle, keys, [*args, *first_args[4:]]
 
     def split(self, reply: Any, count: int) -> list[Any]:
         now, last_seq = int(reply[0]), int(reply[1])
@@ -120,7 +120,8 @@ class RedisLimitStore:
         self._batch = ScriptBatcher(redis, pipeline=pipeline)
         self._admit = LuaScript(redis, lua.ADMIT)
         self._admit.merge = AdmitMerge(self._admit)
-        self._settle = LuaScript(redis, lua.SETTLE, merge=SettleMerge(LuaScript(redis, lua.SETTLE_MANY)))
+        self._settle = LuaScript(redis, lua.SETTLE)
+        self._settle.merge = SettleMerge(self._settle)
         self._refresh = redis.register_script(lua.REFRESH)
 
     async def admit(self, plan: AdmitPlan) -> AdmitResult:
@@ -139,7 +140,7 @@ class RedisLimitStore:
     async def settle(self, plan: AdmitPlan, delta_tokens: int, admitted_us: int) -> SettleResult:
         limits = plan.settled_limits
         keys = [p.key for p in limits] + [plan.ledger_key]
-        args: list[str | int] = [plan.lease_id, delta_tokens, admitted_us, *_limit_args(limits)]
+        args: list[str | int] = [1, plan.lease_id, delta_tokens, admitted_us, *_limit_args(limits)]
         now, seq = (int(v) for v in await self._batch.run(self._settle, keys, args, defer=True))
         return SettleResult(now_us=now, seq=seq)
 

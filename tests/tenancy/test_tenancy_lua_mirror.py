@@ -1,9 +1,9 @@
 """The Lua scripts mirror policies/ratelimit.py: the same random sequence of admissions and
 settlements, run on the memory store and on the Redis store, gives the same decisions, the same
 clamped grants and the same remaining counts. Windows are a day long, so the milliseconds between
-the two runs refill nothing that shows. With settlements sent together (``together``), the Redis store
-merges them into ``settle_many`` calls, which must land exactly where the same settlements one by one
-do."""
+the two runs refill nothing that shows. With calls sent together (``together``), the Redis store
+merges the admissions into one ``admit`` call and the settlements into one ``settle`` call, which must
+land exactly where the same calls one by one do."""
 
 from __future__ import annotations
 
