@@ -62,23 +62,32 @@ def _limit_args(plan_limits: Sequence[Any]) -> list[int]:
 ADMIT_REPLY = 12  # numbers per request in the admit script's reply
 
 
-class AdmitMerge:
-    """Admissions on the same limits (same keys, kinds, capacities and windows) become one ``admit``
-    call for all of them, decided in order; each gets its own 12 numbers of the reply."""
+class _ScriptMerge:
+    """Both scripts take ARGV = count, then ``per_call`` values per call, then the limits' values:
+    calls on the same keys and limits become one call carrying each call's values in order."""
 
-    def __init__(self, admit: LuaScript) -> None:
-        self._admit = admit
+    per_call = 0
+
+    def __init__(self, script: LuaScript) -> None:
+        self._script = script
 
     def group(self, keys: Sequence[Arg], args: Sequence[Arg]) -> Hashable | None:
-        return (tuple(keys), tuple(args[7:]))
+        return (tuple(keys), tuple(args[1 + self.per_call:]))
 
     def combine(self, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
                 ) -> tuple[LuaScript, Sequence[Arg], Sequence[Arg]]:
         args: list[Arg] = [len(calls)]
-        for _, request_args in calls:
-            args += request_args[1:7]  # lease id, ttl, prompt, completion, clamp, min completion
+        for _, call_args in calls:
+            args += call_args[1:1 + self.per_call]
         keys, first_args = calls[0]
-        return self._admit, keys, [*args, *first_args[7:]]
+        return self._script, keys, [*args, *first_args[1 + self.per_call:]]
+
+
+class AdmitMerge(_ScriptMerge):
+    """Admissions on the same limits (same keys, kinds, capacities and windows) become one ``admit``
+    call, decided in order; each gets its own 12 numbers of the reply."""
+
+    per_call = 6  # lease id, ttl, prompt, completion, clamp, min completion
 
     def split(self, reply: Any, count: int) -> list[Any]:
         if len(reply) != count * ADMIT_REPLY:
@@ -86,23 +95,11 @@ class AdmitMerge:
         return [reply[index * ADMIT_REPLY:(index + 1) * ADMIT_REPLY] for index in range(count)]
 
 
-class SettleMerge:
-    """Settlements of leases on the same limits (same keys, kinds, capacities and windows) become one
-    ``settle`` call; each still gets its own ledger sequence number, in order."""
+class SettleMerge(_ScriptMerge):
+    """Settlements of leases on the same limits become one ``settle`` call; each still gets its own
+    ledger sequence number, in order."""
 
-    def __init__(self, settle: LuaScript) -> None:
-        self._settle = settle
-
-    def group(self, keys: Sequence[Arg], args: Sequence[Arg]) -> Hashable | None:
-        return (tuple(keys), tuple(args[4:]))
-
-    def combine(self, calls: Sequence[tuple[Sequence[Arg], Sequence[Arg]]]
-                ) -> tuple[LuaScript, Sequence[Arg], Sequence[Arg]]:
-        args: list[Arg] = [len(calls)]
-        for _, lease_args in calls:
-            args += lease_args[1:4]  # lease id, delta, admitted_us
-        keys, first_args = calls[0]
-        return self._settle, keys, [*args, *first_args[4:]]
+    per_call = 3  # lease id, delta, admitted_us
 
     def split(self, reply: Any, count: int) -> list[Any]:
         now, last_seq = int(reply[0]), int(reply[1])
