@@ -1,7 +1,7 @@
 """The workers benchmark's stand-in setup (``--stand-ins``): nginx answering as a vLLM engine is a
 valid engine to the real gateway (the official openai client gets the stand-in's answer through
 it), wrk's report is read back, and a short run of the benchmark itself with the full pipeline and 2
-workers answers every request, spreads them over both workers and writes its JSON and plot."""
+workers answers every request, each from a worker that says which, and writes its JSON and plot."""
 
 from __future__ import annotations
 
@@ -84,8 +84,12 @@ def test_a_short_stand_in_run_answers_everything_on_both_workers(tmp_path: Path)
     for row in results["runs"]:
         assert row["failed"] == 0 and row["statuses"] == {"200": row["requests"]} and row["requests"] > 100
         assert row["gateway_cpu_ms_per_request"] > 0 and row["redis_cpu_ms_per_request"] > 0
+    # Every answer names its worker. Not asserted: that both got some. wrk opens its 64 connections at
+    # once and a worker that is awake first may accept all of them (a CI run with other jobs on the 2
+    # cores saw worker 1 take every one); tests/e2e/test_workers.py shows that both workers serve.
     two = results["summary"]["workers_2"]["requests_per_worker"]
-    assert set(two) == {"0", "1"} and min(two.values()) > 0
+    assert set(two) <= {"0", "1"} and sum(two.values()) == sum(
+        row["requests"] for row in results["runs"] if row["workers"] == 2)
     assert results["summary"]["two_workers_if_cost_unchanged_requests_per_s"] > 0
     assert out.with_suffix(".png").stat().st_size > 0
     with redis.Redis() as client:
