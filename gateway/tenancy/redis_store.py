@@ -1,8 +1,8 @@
-"""The Redis limiter: one EVALSHA per admission and one per settlement, so N gateway replicas share
-exactly one limit; the calls made in the same event-loop iteration travel as one pipeline, and a
-settlement waits (2 ms at most) to ride with the next admission (script_batch.py). Admissions that
-travel together and check the same limits go as one ``admit`` call deciding them in order, and so do
-settlements (one ``settle`` call); a lone one is the case of one.
+"""The Redis limiter: every admission and every settlement runs in an atomic Lua script, so N gateway
+replicas share exactly one limit. The calls made in the same event-loop iteration travel as one
+pipeline, and a settlement waits (2 ms at most) to ride with the next admission (script_batch.py).
+Admissions that travel together and check the same limits go as one ``admit`` call that decides them
+in order, and settlements likewise as one ``settle`` call; a lone call is the case of one.
 The scripts (gateway/tenancy/lua.py) use Redis ``TIME``. Also builds the Redis
 client with tight timeouts and no retries, so a failing Redis costs a bounded wait, never a hang
 (the caller decides fail_open or fail_closed).
