@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         client.close()
         process.terminate()
         process.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["summary"] = summarize(results["runs"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
