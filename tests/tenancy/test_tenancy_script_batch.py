@@ -248,3 +248,22 @@ async def test_a_failing_merged_call_fails_each_of_its_callers(redis: CountingRe
         assert ok == [4, 9], "nothing of the failed call was applied"
     finally:
         await redis.delete(f"{name}:t", f"{name}:r")
+
+
+class UnsplittableMerge(AddMerge):
+    def split(self, reply: Any, count: int) -> list[Any]:
+        raise ValueError(f"cannot split {reply!r}")
+
+
+async def test_a_merged_reply_that_cannot_be_split_fails_each_caller(redis: CountingRedis,
+                                                                     carrier: str) -> None:
+    batcher = batcher_for(redis, carrier, SHARED)
+    add = LuaScript(redis, ADD, merge=UnsplittableMerge(LuaScript(redis, ADD_MANY)))
+    name = f"test:batch:{uuid.uuid4().hex}"
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(batcher.run(add, [f"{name}:t", f"{name}:r"], [str(n)], defer=True)
+                             for n in (1, 2)), return_exceptions=True), timeout=5)
+        assert all(isinstance(result, ValueError) and "cannot split" in str(result) for result in results)
+    finally:
+        await redis.delete(f"{name}:t", f"{name}:r")
