@@ -63,24 +63,26 @@ class LuaScript:
 
 
 class _Call:
-    __slots__ = ("args", "future", "keys", "members", "script")
+    __slots__ = ("args", "future", "keys", "members", "merge", "script")
 
     def __init__(self, script: LuaScript, keys: Sequence[Arg], args: Sequence[Arg],
-                 future: asyncio.Future[Any] | None, members: list[_Call] | None = None) -> None:
+                 future: asyncio.Future[Any] | None, members: list[_Call] | None = None,
+                 merge: Merge | None = None) -> None:
         self.script = script
         self.keys = keys
         self.args = args
         self.future = future
         self.members = members  # a merged call: the calls it stands for, each with its own future
+        self.merge = merge  # and how its reply splits into theirs
 
-    def resolve(self, reply: Any, split: Merge | None = None) -> None:
+    def resolve(self, reply: Any) -> None:
         """Hand ``reply`` (or the exception) to the caller, or, merged, to each member's caller."""
         if self.members is not None:
-            assert split is not None
+            assert self.merge is not None
             parts: list[Any] = [reply] * len(self.members)
             if not isinstance(reply, BaseException):
                 try:
-                    parts = split.split(reply, len(self.members))
+                    parts = self.merge.split(reply, len(self.members))
                 except Exception as error:  # a reply it cannot split fails every member, never hangs one
                     parts = [error] * len(self.members)
             for member, part in zip(self.members, parts, strict=True):
@@ -101,6 +103,8 @@ MAX_MERGED = 256  # calls per merged call: its arguments stay far below Lua's st
 
 def merge_calls(batch: list[_Call]) -> list[_Call]:
     """``batch`` with the calls of each mergeable group replaced by one call, at the first's place."""
+    if len(batch) < 2:  # the usual lone call: nothing to group, no keys to copy
+        return batch
     groups: dict[tuple[str, Hashable], list[_Call]] = {}
     for call in batch:
         merge = call.script.merge
@@ -119,7 +123,7 @@ def merge_calls(batch: list[_Call]) -> list[_Call]:
             merge = chunk[0].script.merge
             assert merge is not None
             script, keys, args = merge.combine([(call.keys, call.args) for call in chunk])
-            merged = _Call(script, keys, args, None, members=chunk)
+            merged = _Call(script, keys, args, None, members=chunk, merge=merge)
             replaced[id(chunk[0])] = merged
             for call in chunk[1:]:
                 replaced[id(call)] = None
@@ -188,7 +192,7 @@ class ScriptBatcher:
                 raise
             return
         for call, reply in zip(batch, replies, strict=True):
-            call.resolve(reply, call.members[0].script.merge if call.members else None)
+            call.resolve(reply)
 
     async def _execute(self, batch: list[_Call]) -> list[Any]:
         if self._pipeline is not None:
