@@ -51,6 +51,7 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from gateway.loop_bound import Deadline, LoopRef, deadline_in
 from gateway.types import Completed, StreamEvent
 
 __all__ = ["AdapterTimeouts", "AiohttpTransport", "EngineTransport", "Http1Transport", "collect",
@@ -128,9 +129,11 @@ async def _drain(events: AsyncGenerator[SseEvent, None]) -> None:
 
 async def open_event_stream(transport: EngineTransport, url: str, body: bytes,
                             headers: Mapping[str, str], timeouts: AdapterTimeouts,
-                            error_for_response: ResponseErrorMapper) -> AsyncGenerator[SseEvent, None]:
-    """POST ``body`` to ``url`` and yield the SSE events of the answer (see the module docstring)."""
-    loop = asyncio.get_running_loop()
+                            error_for_response: ResponseErrorMapper,
+                            loop_ref: LoopRef | None = None) -> AsyncGenerator[SseEvent, None]:
+    """POST ``body`` to ``url`` and yield the SSE events of the answer (see the module docstring).
+    ``loop_ref``: the caller's hold on the running loop (``gateway.loop_bound``: no lookup)."""
+    loop = asyncio.get_running_loop() if loop_ref is None else loop_ref.get()
     deadline = loop.time() + timeouts.first_token_s
     response: EngineResponse | None = None
     reached_eof = False
@@ -240,12 +243,12 @@ async def _post(loop: asyncio.AbstractEventLoop, transport: EngineTransport, url
                 error_for_response: ResponseErrorMapper, awaited: str, allowed_s: float) -> EngineResponse:
     """Send the request and return the 2xx response whose headers arrived by ``deadline`` (else "no
     ``awaited`` within ``allowed_s``": the message is only built when it is needed). ``deadline``
-    None: the caller's own ``asyncio.timeout`` bounds the call."""
+    None: the caller's own deadline bounds the call."""
     for attempt in (1, 2):
         response: EngineResponse | None = None
         sent = loop.time()
         try:
-            async with asyncio.timeout_at(deadline):
+            async with Deadline(loop, deadline):
                 response = await transport.post(url, body, headers, timeouts.connect_s)
                 if response.status // 100 != 2:
                     raise error_for_response(response.status, await _read_capped(response))
@@ -279,16 +282,18 @@ async def _post(loop: asyncio.AbstractEventLoop, transport: EngineTransport, url
 
 
 async def fetch_whole(transport: EngineTransport, url: str, body: bytes, headers: Mapping[str, str],
-                      timeouts: AdapterTimeouts, error_for_response: ResponseErrorMapper) -> bytes:
+                      timeouts: AdapterTimeouts, error_for_response: ResponseErrorMapper,
+                      loop_ref: LoopRef | None = None) -> bytes:
     """POST ``body`` and return the whole body of the engine's 2xx answer, all within ``whole_s``
     (generation included: a non-stream answer's headers come only when it is done). Every failure is
     a fail-over error, as before a stream's first event: nothing has reached the client yet. One timer
     bounds the request and the read of its answer (``asyncio.timeout_at`` measured 4.6 us with a
-    deadline against 1.8 us without one here: ``_post`` runs without its own)."""
-    loop = asyncio.get_running_loop()
+    deadline against 1.8 us without one here: ``_post`` runs without its own). ``loop_ref`` as for
+    ``open_event_stream``."""
+    loop = asyncio.get_running_loop() if loop_ref is None else loop_ref.get()
     response: EngineResponse | None = None
     try:
-        async with asyncio.timeout(timeouts.whole_s):
+        async with deadline_in(loop, timeouts.whole_s):
             response = await _post(loop, transport, url, body, headers, timeouts, None, error_for_response,
                                    "whole answer", timeouts.whole_s)
             raw = await _read_whole(response)

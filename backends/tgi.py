@@ -36,6 +36,7 @@ from backends.engine_http import (
 from backends.http_errors import decode_error_body, error_for_status, text_of
 from backends.tgi_stream import TgiChatStreamParser, TgiTokenStreamParser
 from gateway.errors import GatewayError, InvalidRequestError
+from gateway.loop_bound import LoopRef
 from gateway.types import BackendLoad, Completed, GenerateRequest, StreamEvent
 
 SIM_FAULT_HEADER = "x-sim-fault"
@@ -70,6 +71,7 @@ class TgiAdapter:
         self._base = base_url.rstrip("/")
         self._transport = transport
         self._timeouts = timeouts or AdapterTimeouts()
+        self._loop = LoopRef()
         self._max_batch_total_tokens = max_batch_total_tokens
         self._max_concurrent: int | None = None
         self._headers = dict(JSON_HEADERS)
@@ -103,7 +105,7 @@ class TgiAdapter:
             return map_error(payload, None, request.kind)
 
         events = open_event_stream(self._transport, self._base + path, body, headers, self._timeouts,
-                                   error_for_response)
+                                   error_for_response, self._loop)
         return relay(events, parser, error_for_report)
 
     async def health(self) -> bool:

@@ -33,6 +33,7 @@ from backends.http_errors import (
 )
 from backends.openai_stream import OpenAiStreamParser, parse_whole
 from gateway.errors import GatewayError, UpstreamError
+from gateway.loop_bound import LoopRef
 from gateway.types import BackendLoad, Completed, GenerateRequest, StreamEvent
 
 SIM_FAULT_HEADER = "x-sim-fault"
@@ -55,6 +56,7 @@ class VllmAdapter:
         self._base = base_url.rstrip("/")
         self._transport = transport
         self._timeouts = timeouts or AdapterTimeouts()
+        self._loop = LoopRef()
         self._headers = dict(JSON_HEADERS)
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
@@ -64,14 +66,14 @@ class VllmAdapter:
         """The engine's events for ``request`` (see ``EngineAdapter.stream``)."""
         events = open_event_stream(self._transport, self._url(request), build_body(request),
                                    self._request_headers(request, self._headers), self._timeouts,
-                                   error_for_response)
+                                   error_for_response, self._loop)
         return relay(events, OpenAiStreamParser(), error_for_report)
 
     async def complete(self, request: GenerateRequest) -> Completed:
         """The whole answer in one non-stream request (see ``EngineAdapter.complete``)."""
         raw = await fetch_whole(self._transport, self._url(request), build_body(request, stream=False),
                                 self._request_headers(request, self._whole_headers), self._timeouts,
-                                error_for_response)
+                                error_for_response, self._loop)
         try:
             return parse_whole(raw)
         except EngineReportedError as exc:

@@ -21,6 +21,7 @@ import msgspec
 
 from gateway.client_schemas import decode_json, parse_chat, parse_completion, parse_native, parse_tgi
 from gateway.errors import GatewayError, PayloadTooLargeError
+from gateway.loop_bound import LoopRef
 from gateway.relay import relay_native, relay_openai, relay_tgi
 from gateway.render_openai import OpenAIRenderer, ResponseIds
 from gateway.render_text import native_response, tgi_error_body, tgi_finish_reason, tgi_response
@@ -77,6 +78,7 @@ class DataPlane:
         self._pipeline = gateway.pipeline
         self._metrics = gateway.metrics
         self._max_body = gateway.settings.server.max_body_bytes
+        self._loop = LoopRef()
         self._default_model = gateway.settings.default_model
         self._fallback = fallback
         self._response_ids = ResponseIds()
@@ -130,10 +132,10 @@ class DataPlane:
             if not message.get("more_body"):
                 return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    @staticmethod
-    async def _stream(reply: StreamReply, receive: Receive, send: Send) -> None:
+    async def _stream(self, reply: StreamReply, receive: Receive, send: Send) -> None:
         """Send the stream; a client disconnect cancels it (the relay's ``finally`` cleans up)."""
-        task = asyncio.current_task()
+        loop = self._loop.get()
+        task = asyncio.current_task(loop)
         assert task is not None
 
         async def watch_disconnect() -> None:
@@ -141,7 +143,7 @@ class DataPlane:
                 pass
             task.cancel()
 
-        watcher = asyncio.create_task(watch_disconnect())
+        watcher = loop.create_task(watch_disconnect())
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _raw(reply.headers)})
             async for chunk in reply.chunks:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from gateway.forwarder import Attempt, Completion, Forwarder, prompt_text
+from gateway.loop_bound import LoopRef
 from gateway.metrics import GatewayMetrics
 from gateway.registry import Registry
 from gateway.tenancy import Admission, Lease, Principal, estimate_tokens
@@ -36,6 +37,7 @@ class Pipeline:
         self._admission = admission
         self._metrics = metrics
         self._abandoned: set[asyncio.Task[None]] = set()
+        self._loop = LoopRef()
 
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
         return await self._admission.authenticate(headers)
@@ -105,7 +107,7 @@ class Pipeline:
         prompt_tokens = estimate_tokens(prompt_text(request))  # a chat prompt is canonicalized: once
         if not self._admission.speculate(principal, request.model, prompt_tokens, asked):
             return await self._reserve(principal, request, prompt_tokens, speculative=False), None
-        running = asyncio.ensure_future(forward())
+        running = self._loop.create_task(forward())
         try:
             lease = await self._reserve(principal, request, prompt_tokens, speculative=True)
         except BaseException:
@@ -129,7 +131,7 @@ class Pipeline:
             return
         attempt = running.result()
         if isinstance(attempt, Attempt):
-            closing = asyncio.ensure_future(attempt.close())
+            closing = self._loop.create_task(attempt.close())
             self._abandoned.add(closing)
             closing.add_done_callback(self._abandoned.discard)
 

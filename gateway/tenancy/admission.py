@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from gateway.errors import AuthenticationError, PermissionDeniedError, RateLimitError, ServiceUnavailableError
+from gateway.loop_bound import LoopRef
 from gateway.tenancy.config import TenancyConfig, TenantConfig
 from gateway.tenancy.headers import rate_limit_headers, retry_headers
 from gateway.tenancy.keyrepo import KeyRepository, MemoryKeyRepository, RedisKeyRepository
@@ -89,6 +90,7 @@ class Admission:
         lease_prefix = secrets.token_hex(8)
         self._lease_ids = (f"{lease_prefix}{n:x}" for n in itertools.count())
         self._background: asyncio.Task[None] | None = None
+        self._loop = LoopRef()
         self._speculation = SpeculationBudget()
         self._plans = _plan_cache(config)
         self._anonymous = Principal(tenant=config.default_tenant)
@@ -220,7 +222,7 @@ class Admission:
                          demand, int(self._config.lease_ttl_s * 1e6))
         started = time.perf_counter()
         scope = _scope(principal, model)
-        attempt = asyncio.ensure_future(self._limiter.admit(plan))
+        attempt = self._loop.create_task(self._limiter.admit(plan))
         try:
             result, store = await asyncio.shield(attempt)
         except asyncio.CancelledError:
@@ -278,7 +280,7 @@ class Admission:
 
     def _track(self, work: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         """Run ``work`` to completion even if its caller is cancelled; aclose waits for it."""
-        task = asyncio.ensure_future(work)
+        task = self._loop.create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return task
@@ -307,7 +309,7 @@ class Admission:
 
     def _ensure_background(self) -> None:
         if self._background is None or self._background.done():
-            self._background = asyncio.get_running_loop().create_task(self._heartbeat())
+            self._background = self._loop.create_task(self._heartbeat())
 
     async def _heartbeat(self) -> None:
         interval = min(self._config.lease_ttl_s / 3, LAST_USED_FLUSH_S)

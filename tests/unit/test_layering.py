@@ -1,5 +1,6 @@
 """Enforces DESIGN.md §2 by reading imports: policies/ imports nothing from the project; backends/
-imports only the shared types and errors of gateway/; concrete adapters and policies are known only
+imports only the shared leaf modules of gateway/ (types, errors, and the loop-bound asyncio helpers
+that the per-request path of both layers uses); concrete adapters and policies are known only
 to the composition root."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = ("gateway", "backends", "policies", "benchmarks")
-SHARED_GATEWAY = {"gateway.types", "gateway.errors"}
+SHARED_GATEWAY = {"gateway.types", "gateway.errors", "gateway.loop_bound"}
 COMPOSITION_ROOTS = {"gateway/composition.py", "gateway/cli.py"}
 
 
