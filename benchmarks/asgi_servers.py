@@ -1,10 +1,13 @@
-"""Which ASGI server costs the gateway least: uvicorn (httptools, uvloop) against granian, serving the same
-minimal raw ASGI app (a 100-byte JSON answer to a POST), each pinned to core 0, driven by the gateway's
-own HTTP/1.1 client pinned to core 1 (closed loop, keep-alive, concurrency 1, 16 and 64).
+"""Which ASGI server costs the gateway least: uvicorn (httptools, uvloop) against granian, and uvicorn
+with the gateway's own protocol (``uvicorn-joined``: each response's head sent in one write with its
+body, gateway/http_protocol.py), serving the same minimal raw ASGI app (a 100-byte JSON answer to a
+POST), each pinned to core 0, driven by the gateway's own HTTP/1.1 client pinned to core 1 (closed loop,
+keep-alive, concurrency 1, 16 and 64), the servers interleaved round by round.
 
 Reported: server CPU ms per request (the server's whole process tree, from /proc) and requests per
-second. granian is optional (``pip install -e '.[bench]'``); without it only uvicorn is measured.
-Writes benchmarks/results/asgi_servers.json and .png. Run: ``python -m benchmarks.asgi_servers``.
+second, per round and as medians over the rounds. granian is optional (``pip install -e '.[bench]'``);
+without it only the uvicorn variants are measured. Writes benchmarks/results/asgi_servers.json and .png.
+Run: ``python -m benchmarks.asgi_servers [--servers uvicorn uvicorn-joined] [--rounds 3]``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -40,10 +44,14 @@ uvloop.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 """
 
 
+UVICORN_PROTOCOLS = {"uvicorn": "httptools", "uvicorn-joined": "gateway.http_protocol:GatewayHttpProtocol"}
+
+
 def server_command(server: str, port: int) -> list[str]:
-    if server == "uvicorn":
+    if server in UVICORN_PROTOCOLS:
         return [sys.executable, "-c",
-                "import uvicorn; uvicorn.run('" + APP + f"', host='127.0.0.1', port={port}, http='httptools',"
+                "import uvicorn; uvicorn.run('" + APP + f"', host='127.0.0.1', port={port}, "
+                f"http='{UVICORN_PROTOCOLS[server]}',"
                 " loop='uvloop', log_level='warning', access_log=False, proxy_headers=False)"]
     granian = shutil.which("granian") or str(Path(sys.executable).with_name("granian"))
     return [granian, "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -72,7 +80,8 @@ def drive(url: str, requests: int, concurrency: int, quiet: bool = False) -> flo
     return time.perf_counter() - started
 
 
-def measure(server: str, requests: int, concurrencies: tuple[int, ...]) -> list[dict[str, Any]]:
+def measure(server: str, requests: int, concurrencies: tuple[int, ...], round_index: int = 0
+            ) -> list[dict[str, Any]]:
     port = free_port()
     process = subprocess.Popen(["taskset", "-c", "0", *server_command(server, port)])
     url = f"http://127.0.0.1:{port}/v1/completions"
@@ -92,8 +101,9 @@ def measure(server: str, requests: int, concurrencies: tuple[int, ...]) -> list[
             before = tree_cpu_s(process.pid)
             wall = drive(url, requests, concurrency)
             cpu = tree_cpu_s(process.pid) - before
-            rows.append({"server": server, "concurrency": concurrency, "requests": requests,
-                         "cpu_ms_per_request": 1000 * cpu / requests, "requests_per_s": requests / wall})
+            rows.append({"server": server, "round": round_index, "concurrency": concurrency,
+                         "requests": requests, "cpu_ms_per_request": 1000 * cpu / requests,
+                         "requests_per_s": requests / wall})
             print(json.dumps(rows[-1]), file=sys.stderr)
         return rows
     finally:
@@ -108,7 +118,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for server in sorted({r["server"] for r in rows}):
-        points = [r for r in rows if r["server"] == server]
+        points = sorted((r for r in rows if r["server"] == server), key=lambda r: r["concurrency"])
         ax.plot([r["concurrency"] for r in points], [r["cpu_ms_per_request"] for r in points], marker="o",
                 label=server)
     ax.set(xscale="log", xlabel="concurrency", ylabel="server CPU ms / request",
@@ -122,21 +132,31 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--servers", nargs="+", choices=[*UVICORN_PROTOCOLS, "granian"])
     parser.add_argument("--out", type=Path, default=RESULTS / "asgi_servers.json")
     args = parser.parse_args(argv)
-    servers = ["uvicorn"]
-    if shutil.which("granian") or Path(sys.executable).with_name("granian").exists():
+    servers = args.servers or list(UVICORN_PROTOCOLS)
+    if not args.servers and (shutil.which("granian") or Path(sys.executable).with_name("granian").exists()):
         servers.append("granian")
     load_start = os.getloadavg()
-    rows = [row for server in servers for row in measure(server, args.requests, (1, 16, 64))]
-    result = {"settings": {"requests": args.requests, "app": APP, "client": "backends.http1, core 1",
-                           "servers": servers},
+    runs = [row for round_index in range(args.rounds) for server in servers
+            for row in measure(server, args.requests, (1, 16, 64), round_index)]
+    summary = [{"server": server, "concurrency": concurrency,
+                "cpu_ms_per_request": statistics.median(r["cpu_ms_per_request"] for r in group),
+                "cpu_ms_per_request_range": [min(r["cpu_ms_per_request"] for r in group),
+                                             max(r["cpu_ms_per_request"] for r in group)],
+                "requests_per_s": statistics.median(r["requests_per_s"] for r in group)}
+               for server in servers for concurrency in (1, 16, 64)
+               for group in [[r for r in runs if r["server"] == server and r["concurrency"] == concurrency]]]
+    result = {"settings": {"requests": args.requests, "rounds": args.rounds, "app": APP,
+                           "client": "backends.http1, core 1", "servers": servers},
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
-              "runs": rows}
+              "runs": runs, "summary": summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    plot(rows, args.out.with_suffix(".png"))
+    plot(summary, args.out.with_suffix(".png"))
     return 0
 
 

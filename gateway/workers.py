@@ -54,6 +54,7 @@ from gateway.app import create_app
 from gateway.composition import build_gateway
 from gateway.dataplane import ASGIApp, Receive, Scope, Send
 from gateway.gc_tuning import tune_for_serving
+from gateway.http_protocol import GatewayHttpProtocol
 from gateway.metrics import BackendCollector, BackendGaugePublisher, WorkersCollector, use_worker_files
 from gateway.settings import ConfigError, GatewaySettings, parse_settings
 
@@ -68,7 +69,8 @@ MAX_BACKOFF_S = 30.0
 
 
 def server_config(app: Any, settings: GatewaySettings, host: str, port: int) -> uvicorn.Config:
-    return uvicorn.Config(app, host=host, port=port, http="httptools", loop="none",
+    # uvicorn's httptools protocol, sending each response's head with its body (http_protocol.py).
+    return uvicorn.Config(app, host=host, port=port, http=GatewayHttpProtocol, loop="none",
                           log_level=settings.server.log_level, access_log=False,
                           timeout_graceful_shutdown=10,
                           # Clients keep pooled connections open for a while (aiohttp 15 s, loadgen

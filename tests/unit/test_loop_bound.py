@@ -85,7 +85,7 @@ async def test_outside_a_task_it_refuses() -> None:
         coroutine = Deadline(loop, None).__aenter__()
         try:
             coroutine.send(None)
-        except BaseException as exc:  # noqa: BLE001 - the point is which one
+        except BaseException as exc:
             outcome.append(exc)
 
     loop.call_soon(from_callback)
