@@ -59,6 +59,7 @@ PARTS: tuple[tuple[str, str], ...] = (
     ("gateway/pipeline", "pipeline and forwarder"),
     ("gateway/forwarder", "pipeline and forwarder"),
     ("gateway/registry", "pipeline and forwarder"),
+    ("gateway/http_protocol", "HTTP server (uvicorn)"),
     ("gateway/", "gateway other"),
     ("uvicorn/", "HTTP server (uvicorn)"),
     ("httptools/", "HTTP server (uvicorn)"),
@@ -69,6 +70,8 @@ PARTS: tuple[tuple[str, str], ...] = (
 # with nothing but asyncio above uvloop's native frames is the loop itself (epoll results, reads
 # dispatched to protocols, callbacks).
 LOOP = "event loop and socket I/O (uvloop, native)"
+# Like asyncio's, these helpers' frames count for their caller.
+PASS_THROUGH = ("gateway/loop_bound",)
 IDLE_LEAVES = ("epoll_pwait", "epoll_wait")
 OTHER_THREAD = "Thread._bootstrap"
 
@@ -82,6 +85,8 @@ def frame_path(frame: str) -> str:
 def part_of(stack: list[str]) -> str:
     for frame in reversed(stack):
         path = frame_path(frame)
+        if path.startswith(PASS_THROUGH):
+            continue
         for marker, part in PARTS:
             if path.startswith(marker):
                 return part
