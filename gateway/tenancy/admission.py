@@ -296,6 +296,12 @@ class Admission:
         delta = actual_tokens - lease.reserved_tokens
         self.metrics.settled_tokens.labels(lease.tenant).inc(actual_tokens)
         self.metrics.refunded_tokens.labels(lease.tenant).inc(max(0, -delta))
+        if self._limiter.can_settle_later(lease.store):
+            queued = self._limiter.settle_later(lease.plan, delta, lease.admitted_us)
+            if queued is not None:
+                self._pending.add(queued)
+                queued.add_done_callback(self._pending.discard)
+            return
         settling = self._track(self._limiter.settle(lease.store, lease.plan, delta, lease.admitted_us))
         if not self._limiter.remote:
             await asyncio.shield(settling)

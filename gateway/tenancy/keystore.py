@@ -19,6 +19,7 @@ from gateway.tenancy.keys import NewKey, generate_key, key_id_of, verify
 from gateway.tenancy.store import STORE_ERRORS
 
 CACHE_ENTRIES = 10_000
+VERIFIED_ENTRIES = 10_000
 INVALID_KEY = "Invalid API key. Pass a valid key as 'Authorization: Bearer <key>' or 'x-api-key'."
 
 
@@ -39,6 +40,11 @@ class KeyStore:
         self._cache: OrderedDict[str, tuple[KeyRecord | None, float]] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[KeyRecord | None]] = {}
         self._used: dict[str, float] = {}
+        # Keys this process has already checked against their record's hash: (key id, that hash). A key
+        # presented again skips the regex and the sha256 (2.8% of a request's CPU in the profile) while
+        # its record still carries the same hash; revocation and removal are checked on the record as
+        # before. Only keys that verified get here, so a miss costs what it always did.
+        self._verified: dict[str, tuple[str, str]] = {}
 
     def replace_config_keys(self, config_keys: Sequence[KeyConfig]) -> None:
         self._config = {k.id: KeyRecord(key_id=k.id, tenant=k.tenant, key_hash=k.hash, name=k.name,
@@ -46,12 +52,17 @@ class KeyStore:
 
     async def lookup(self, key: str) -> KeyRecord:
         """The record of a valid, unrevoked key; AuthenticationError otherwise."""
-        key_id = key_id_of(key)
+        verified = self._verified.get(key)
+        key_id = verified[0] if verified is not None else key_id_of(key)
         record = None
         if key_id is not None:
             record = self._config.get(key_id) or await self._cached(key_id)
-        if not verify(key, record.key_hash if record else None) or record is None:
-            raise AuthenticationError(INVALID_KEY)
+        if verified is None or record is None or record.key_hash != verified[1]:
+            if not verify(key, record.key_hash if record else None) or record is None:
+                raise AuthenticationError(INVALID_KEY)
+            if len(self._verified) >= VERIFIED_ENTRIES:
+                self._verified.clear()
+            self._verified[key] = (record.key_id, record.key_hash)
         if record.revoked is not None:
             raise AuthenticationError("This API key has been revoked.", code="revoked_api_key")
         self._used[record.key_id] = self._wall()

@@ -10,16 +10,18 @@ counted and dropped (the reservation stays charged, the concurrency lease expire
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.errors import ServiceUnavailableError
 from gateway.tenancy.metrics import TenancyMetrics
 from gateway.tenancy.store import STORE_ERRORS, AdmitPlan, AdmitResult, Ledger, LimitStore, SettleResult
 
 FailureMode = Literal["fail_open", "fail_closed"]
+log = logging.getLogger("gateway.tenancy.limiter")
 
 
 class StoreHealth:
@@ -80,6 +82,9 @@ class Limiter:
         self._health = health
         self._metrics = metrics
         self._mode = mode
+        # The shared store's queue-and-forget settlement, where it has one (the Redis store).
+        self._settle_later: Callable[[AdmitPlan, int, int], asyncio.Future[Any]] | None = getattr(
+            primary, "settle_later", None)
 
     @property
     def remote(self) -> bool:
@@ -117,6 +122,37 @@ class Limiter:
             return None
         self._health.succeeded()
         return result
+
+    def can_settle_later(self, store: LimitStore) -> bool:
+        """Whether ``settle_later`` takes a lease of ``store``: the shared (Redis) store's."""
+        return store is self._primary and self._health is not None and self._settle_later is not None
+
+    def settle_later(self, plan: AdmitPlan, delta: int, admitted_us: int) -> asyncio.Future[Any] | None:
+        """``settle`` on the shared store for a caller that does not wait for the answer, without a task:
+        the settlement rides with the next admission, and its failure is handled in a callback as
+        ``settle`` handles it. The future to wait for at shutdown; None when Redis is down and skipped
+        (the settlement is counted as dropped, as in ``settle``)."""
+        assert self._health is not None and self._settle_later is not None
+        if self._health.down and not self._health.should_try():
+            self._metrics.settle_failures.inc()
+            return None
+        future = self._settle_later(plan, delta, admitted_us)
+        future.add_done_callback(self._settled_later)
+        return future
+
+    def _settled_later(self, future: asyncio.Future[Any]) -> None:
+        assert self._health is not None
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is None:
+            self._health.succeeded()
+            return
+        self._metrics.settle_failures.inc()
+        if isinstance(error, STORE_ERRORS):
+            self._health.failed("settle", error)
+        else:
+            log.error("settlement failed: %s: %s", type(error).__name__, error)
 
     async def refresh(self, leases: Sequence[tuple[LimitStore, AdmitPlan]]) -> None:
         for store in (self._primary, self._fallback):

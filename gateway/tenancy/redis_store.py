@@ -10,6 +10,7 @@ client with tight timeouts and no retries, so a failing Redis costs a bounded wa
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -135,11 +136,17 @@ class RedisLimitStore:
                            tokens=_report(*reply[9:12]))
 
     async def settle(self, plan: AdmitPlan, delta_tokens: int, admitted_us: int) -> SettleResult:
+        now, seq = (int(v) for v in await self.settle_later(plan, delta_tokens, admitted_us))
+        return SettleResult(now_us=now, seq=seq)
+
+    def settle_later(self, plan: AdmitPlan, delta_tokens: int, admitted_us: int) -> asyncio.Future[Any]:
+        """Queue the settlement to go out with the next admission (or within the batcher's linger):
+        the future of the script's raw reply, ``[now_us, seq]``. No task or coroutine per settlement,
+        for the callers that never wait for one (the response path)."""
         limits = plan.settled_limits
         keys = [p.key for p in limits] + [plan.ledger_key]
         args: list[str | int] = [1, plan.lease_id, delta_tokens, admitted_us, *_limit_args(limits)]
-        now, seq = (int(v) for v in await self._batch.run(self._settle, keys, args, defer=True))
-        return SettleResult(now_us=now, seq=seq)
+        return self._batch.submit(self._settle, keys, args, defer=True)
 
     async def refresh(self, plans: Sequence[AdmitPlan]) -> int:
         pairs = [(key, plan.lease_id, plan.lease_ttl_us) for plan in plans for key in plan.concurrency_keys]

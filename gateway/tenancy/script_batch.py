@@ -155,6 +155,12 @@ class ScriptBatcher:
                   defer: bool = False) -> Any:
         """The script's reply; raises what Redis or the connection raised for this call. ``defer``:
         send it with the next urgent call, or after ``linger_s`` at the latest."""
+        return await self.submit(script, keys, args, defer=defer)
+
+    def submit(self, script: LuaScript, keys: Sequence[Arg], args: Sequence[Arg], *,
+               defer: bool = False) -> asyncio.Future[Any]:
+        """``run`` without a coroutine: the future of the call's reply (or error). Call it from the
+        event loop's thread, with the loop running."""
         loop = self._loop
         if loop is None or loop.is_closed():
             loop = self._loop = asyncio.get_running_loop()
@@ -166,7 +172,7 @@ class ScriptBatcher:
                 loop.call_soon(self._flush)
         elif not self._flush_soon and self._timer is None:
             self._timer = loop.call_later(self._linger_s, self._flush)
-        return await future
+        return future
 
     def _flush(self) -> None:
         if self._timer is not None:

@@ -129,3 +129,46 @@ async def test_memory_store_keeps_admin_keys_in_process(make_admission: Any) -> 
     await admission.keys.revoke(new.key_id)
     with pytest.raises(AuthenticationError):
         await admission.authenticate({"x-api-key": new.key})
+
+
+async def test_a_key_seen_before_skips_the_hash_but_not_the_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keystore remembers keys it verified: the next request with one does no sha256, yet a forged
+    secret on the same id, a revocation and a config key's removal are all still refused."""
+    from gateway.tenancy import keystore as keystore_module
+    from gateway.tenancy.config import KeyConfig
+    from gateway.tenancy.keyrepo import MemoryKeyRepository
+
+    hashed: list[str] = []
+    real_verify = keystore_module.verify
+
+    def counting_verify(key: str, stored_hash: str | None) -> bool:
+        hashed.append(key)
+        return real_verify(key, stored_hash)
+
+    monkeypatch.setattr(keystore_module, "verify", counting_verify)
+    config_key = generate_key()
+    store = keystore_module.KeyStore(
+        [KeyConfig(id=config_key.key_id, hash=config_key.key_hash, tenant="acme")], MemoryKeyRepository(),
+        cache_ttl_s=0.5, use_stale_on_error=False)
+    admin_key, _ = await store.create("acme")
+
+    for key in (config_key.key, admin_key.key):
+        assert (await store.lookup(key)).tenant == "acme"
+        assert (await store.lookup(key)).tenant == "acme"
+    assert hashed == [config_key.key, admin_key.key]  # once each
+
+    forged = admin_key.key[:-5] + ("AAAAA" if not admin_key.key.endswith("AAAAA") else "BBBBB")
+    with pytest.raises(AuthenticationError):
+        await store.lookup(forged)
+    with pytest.raises(AuthenticationError):
+        await store.lookup(forged)  # refused again: only keys that verified are remembered
+    assert hashed[-2:] == [forged, forged]
+
+    await store.revoke(admin_key.key_id)
+    with pytest.raises(AuthenticationError) as revoked:
+        await store.lookup(admin_key.key)
+    assert revoked.value.code == "revoked_api_key"
+
+    store.replace_config_keys([])
+    with pytest.raises(AuthenticationError):
+        await store.lookup(config_key.key)

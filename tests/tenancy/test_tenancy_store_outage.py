@@ -116,3 +116,36 @@ async def test_cached_keys_survive_an_outage_only_under_fail_open(make_admission
         await asyncio.wait_for(closed.authenticate(headers), HANG_S)
     with pytest.raises(ServiceUnavailableError):  # a key it cannot check is never let through
         await opened.authenticate({"authorization": "Bearer gwk_0123456789abcdef_" + "A" * 43})
+
+
+async def test_a_settlement_redis_cannot_take_is_counted_and_dropped(make_admission: Any,
+                                                                      private_redis: Any) -> None:
+    """Settlements on Redis are queued without a task (``Limiter.settle_later``): when Redis dies with
+    one on its way, it is counted as dropped, the incident starts, and nothing is left pending."""
+    registry = CollectorRegistry()
+    admission = make_admission("redis", registry=registry, **private_config(private_redis, "fail_open"))
+    principal = Principal("acme")
+    held = [await admission.admit(principal, "m", 10, 10) for _ in range(4)]
+    private_redis.kill()
+    for lease in held[:3]:
+        await asyncio.wait_for(lease.settle(10, 4), HANG_S)  # returns at once: nobody waits for Redis
+    failures = "gateway_ratelimit_settle_failures_total"
+    await settle_failures_reach(registry, 3)
+    assert registry.get_sample_value("gateway_ratelimit_store_incidents_total") == 1
+    assert registry.get_sample_value("gateway_ratelimit_store_up") == 0
+    # A lease the in-memory fallback admitted is settled there, not counted as dropped ...
+    late = await admission.admit(principal, "m", 10, 10)
+    await late.settle(10, 4)
+    assert registry.get_sample_value(failures) == 3
+    # ... and the last Redis lease is dropped too (at once while Redis is skipped, else after a send).
+    await held[3].settle(10, 4)
+    await settle_failures_reach(registry, 4)
+
+
+async def settle_failures_reach(registry: CollectorRegistry, count: int) -> None:
+    """Settlements fail in a callback once Redis's answer (an error) arrives: wait for the count."""
+    for _ in range(int(HANG_S / 0.02)):
+        if (registry.get_sample_value("gateway_ratelimit_settle_failures_total") or 0) >= count:
+            break
+        await asyncio.sleep(0.02)
+    assert registry.get_sample_value("gateway_ratelimit_settle_failures_total") == count

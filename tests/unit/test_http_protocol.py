@@ -41,7 +41,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", b"11")]})
         await send({"type": "http.response.body", "body": b'{"ok":true}'})
     elif scope["path"] == "/slow-stream":
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})
         await asyncio.sleep(0.5)  # the head must not wait for this
         await send({"type": "http.response.body", "body": b"late", "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -63,8 +64,11 @@ async def server() -> AsyncIterator[tuple[str, list[bytes]]]:
                             lifespan="off")
     userver = uvicorn.Server(config)
     task = asyncio.create_task(userver.serve())
-    while not userver.started:
+    for _ in range(500):
+        if userver.started:
+            break
         await asyncio.sleep(0.01)
+    assert userver.started
     yield f"http://127.0.0.1:{port}", writes
     userver.should_exit = True
     await task
