@@ -222,12 +222,9 @@ class Admission:
                          demand, int(self._config.lease_ttl_s * 1e6))
         started = time.perf_counter()
         scope = _scope(principal, model)
-        attempt = self._loop.create_task(self._limiter.admit(plan))
         try:
-            result, store = await asyncio.shield(attempt)
+            result, store = await self._decide(plan)
         except asyncio.CancelledError:
-            # The client left while the store was deciding: refund whatever it admits.
-            attempt.add_done_callback(functools.partial(self._release_orphan, plan))
             self._speculation.forget(scope)
             raise
         except ServiceUnavailableError:
@@ -269,11 +266,40 @@ class Admission:
         self.metrics.active_leases.inc()
         return lease
 
+    async def _decide(self, plan: AdmitPlan) -> tuple[AdmitResult, LimitStore]:
+        """The store's decision. If the caller is cancelled meanwhile, the decision still completes
+        and whatever it admits is refunded (the client left while the store was deciding). On Redis
+        the call is only a future of the batch's reply (no task); otherwise the limiter's ``admit``
+        runs as a task of its own."""
+        raw = self._limiter.admit_later(plan)
+        if raw is None:
+            attempt = self._loop.create_task(self._limiter.admit(plan))
+            try:
+                return await asyncio.shield(attempt)
+            except asyncio.CancelledError:
+                attempt.add_done_callback(functools.partial(self._release_orphan, plan))
+                raise
+        try:
+            reply = await asyncio.shield(raw)
+        except asyncio.CancelledError:
+            raw.add_done_callback(functools.partial(self._release_orphan_reply, plan))
+            raise
+        except STORE_ERRORS as error:
+            return await self._limiter.admit_after_failure(plan, error)
+        return self._limiter.admitted(reply)
+
+    def _release_orphan_reply(self, plan: AdmitPlan, raw: asyncio.Future[Any]) -> None:
+        if raw.cancelled() or raw.exception() is not None:
+            return  # nothing was admitted (a failed store call is the next admission's to notice)
+        self._refund_orphan(plan, *self._limiter.admitted(raw.result()))
+
     def _release_orphan(self, plan: AdmitPlan,
                         attempt: asyncio.Future[tuple[AdmitResult, LimitStore]]) -> None:
         if attempt.cancelled() or attempt.exception() is not None:
             return
-        result, store = attempt.result()
+        self._refund_orphan(plan, *attempt.result())
+
+    def _refund_orphan(self, plan: AdmitPlan, result: AdmitResult, store: LimitStore) -> None:
         if result.decision.admitted:
             reserved = plan.demand.prompt_tokens + result.decision.completion_tokens
             self._track(self._limiter.settle(store, plan, -reserved, result.now_us))

@@ -85,6 +85,9 @@ class Limiter:
         # The shared store's queue-and-forget settlement, where it has one (the Redis store).
         self._settle_later: Callable[[AdmitPlan, int, int], asyncio.Future[Any]] | None = getattr(
             primary, "settle_later", None)
+        self._admit_later: Callable[[AdmitPlan], asyncio.Future[Any]] | None = getattr(
+            primary, "admit_later", None)
+        self._admit_result: Callable[[Any], AdmitResult] | None = getattr(primary, "admit_result", None)
 
     @property
     def remote(self) -> bool:
@@ -101,6 +104,31 @@ class Limiter:
             else:
                 self._health.succeeded()
                 return result, self._primary
+        return await self._admit_elsewhere(plan)
+
+    def admit_later(self, plan: AdmitPlan) -> asyncio.Future[Any] | None:
+        """``admit`` on the shared store without a task: the future of its raw reply, to pass to
+        ``admitted`` (or, if it raised one of ``STORE_ERRORS``, to ``admit_after_failure``). None when
+        this admission cannot go that way (no shared store, or it is down: ``admit`` probes it)."""
+        if self._admit_later is None or self._health is None or self._health.down:
+            return None
+        return self._admit_later(plan)
+
+    def admitted(self, raw: Any) -> tuple[AdmitResult, LimitStore]:
+        """The decision in an ``admit_later`` reply."""
+        assert self._health is not None and self._admit_result is not None
+        result = self._admit_result(raw)
+        self._health.succeeded()
+        return result, self._primary
+
+    async def admit_after_failure(self, plan: AdmitPlan,
+                                  error: BaseException) -> tuple[AdmitResult, LimitStore]:
+        """An ``admit_later`` that failed with a store error: as ``admit`` goes on after one."""
+        assert self._health is not None
+        self._health.failed("admit", error)
+        return await self._admit_elsewhere(plan)
+
+    async def _admit_elsewhere(self, plan: AdmitPlan) -> tuple[AdmitResult, LimitStore]:
         if self._mode == "fail_closed" or self._fallback is None:
             raise ServiceUnavailableError("Rate limits cannot be checked right now (limiter store "
                                           "unavailable); retry shortly.", code="limiter_unavailable")

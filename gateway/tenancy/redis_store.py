@@ -123,12 +123,21 @@ class RedisLimitStore:
         self._refresh = redis.register_script(lua.REFRESH)
 
     async def admit(self, plan: AdmitPlan) -> AdmitResult:
+        return self.admit_result(await self.admit_later(plan))
+
+    def admit_later(self, plan: AdmitPlan) -> asyncio.Future[Any]:
+        """Queue the admission for this loop turn's batch: the future of the script's raw reply (for
+        ``admit_result``). No task or coroutine per admission."""
         demand = plan.demand
         keys = [p.key for p in plan.limits] + [plan.ledger_key]
         args: list[str | int] = [1, plan.lease_id, plan.lease_ttl_us, demand.prompt_tokens,
                                  demand.completion_tokens, 1 if demand.clamp else 0,
                                  demand.min_completion_tokens, *_limit_args(plan.limits)]
-        reply = [int(v) for v in await self._batch.run(self._admit, keys, args)]
+        return self._batch.submit(self._admit, keys, args)
+
+    @staticmethod
+    def admit_result(raw: Any) -> AdmitResult:
+        reply = [int(v) for v in raw]
         admitted, now, completion, wait, refused, seq = reply[:6]
         decision = Decision(admitted=admitted == 1, completion_tokens=completion,
                             retry_after_us=None if wait < 0 else wait, refused_index=refused)
