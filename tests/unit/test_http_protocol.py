@@ -1,5 +1,5 @@
-"""gateway.http_protocol: a response's head leaves in the same write as its body, a head with nothing
-behind it still leaves at the loop's next turn, and bytes never change order. Served by real uvicorn
+"""gateway.http_protocol: an answer's head leaves in the same write as its body, a stream's head and a
+HEAD answer's leave without waiting for a body, and bytes never change order. Served by real uvicorn
 over a real socket; only the count of writes is read from a recorder placed under the joining layer."""
 
 from __future__ import annotations
@@ -124,6 +124,17 @@ async def test_bad_request_answer_arrives_before_close(server: tuple[str, list[b
     assert received.startswith(b"HTTP/1.1 400")
 
 
+async def test_a_head_request_gets_its_head(server: tuple[str, list[bytes]]) -> None:
+    """A HEAD answer has a content-length and no body write: the held head leaves when it completes."""
+    url, writes = server
+    async with httpx.AsyncClient() as client:
+        answer = await asyncio.wait_for(client.head(url + "/whole"), 2)
+        again = await asyncio.wait_for(client.post(url + "/whole"), 2)  # the connection still works
+    assert answer.status_code == 200 and answer.headers["content-length"] == "11"
+    assert again.json() == {"ok": True}
+    assert writes[0].startswith(b"HTTP/1.1 200") and writes[0].endswith(b"\r\n\r\n")
+
+
 class _Sink:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
@@ -136,15 +147,15 @@ class _Sink:
         self.closed = True
 
 
-async def test_order_is_kept_and_close_sends_a_held_head() -> None:
+def test_order_is_kept_and_close_sends_a_held_head() -> None:
     sink = _Sink()
-    joining = HeadJoiningTransport(sink, asyncio.get_running_loop())  # type: ignore[arg-type]
-    joining.write(b"HTTP/1.1 200 OK\r\na: b\r\n\r\n")
+    joining = HeadJoiningTransport(sink)  # type: ignore[arg-type]
+    joining.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
     joining.write(memoryview(b"body"))
+    joining.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")  # a stream's: not held
     joining.write(b"more")
-    joining.write(b"HTTP/1.1 204 No Content\r\n\r\n")
-    assert sink.writes == [b"HTTP/1.1 200 OK\r\na: b\r\n\r\nbody", b"more"]
+    joining.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+    assert sink.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbody",
+                           b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", b"more"]
     joining.close()
-    assert sink.writes[-1] == b"HTTP/1.1 204 No Content\r\n\r\n" and sink.closed
-    await asyncio.sleep(0)  # the scheduled flush finds nothing left
-    assert len(sink.writes) == 3
+    assert sink.writes[-1] == b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n" and sink.closed
