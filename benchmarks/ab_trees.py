@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -37,6 +36,7 @@ from typing import Any
 import yaml
 
 from backends.launchers.process import ProcessLauncher, free_port
+from benchmarks.loadgen.results import git_state, machine_info, write_json
 from benchmarks.overhead import drop_redis_keys
 from benchmarks.pipeline_cost import GATEWAY_CORE, VARIANTS, redis_prefix, start_engine, variant_config
 from benchmarks.workers import start, wrk_bodies
@@ -183,31 +183,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one batch")
     parser.add_argument("--out", type=Path, default=RESULTS / "ab_trees.json")
     args = parser.parse_args(argv)
-    load_start = os.getloadavg()
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, check=False).stdout.strip() != ""
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=False).stdout.strip()
+    machine = machine_info()
+    working = git_state(ROOT)
     with worktree(args.base) as (base_tree, commit), tempfile.TemporaryDirectory() as tmp:
         base_label = f"base {commit[:8]}"
         rows = measure({base_label: base_tree, WORKING: ROOT}, args.variant, args.connections, args.rounds,
                        args.seconds, Path(tmp))
-    result = {
-        "settings": {"base": commit, "base_label": base_label, "working_tree_head": head,
-                     "working_tree_modified": dirty, "variant": args.variant, "connections": args.connections,
-                     "rounds": args.rounds, "seconds": args.seconds,
-                     "engine": "nginx stand-in (fixed vLLM body)", "load": "wrk, closed loop, keep-alive",
-                     "gateway": f"pinned to core {GATEWAY_CORE}"},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "loadavg_start": load_start,
-                    "loadavg_end": os.getloadavg()},
-        "summary": summarize(rows, base_label, args.connections),
-        "runs": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    plot(result, args.out.with_suffix(".png"))
-    print(json.dumps(result["summary"], indent=2))
+    machine["loadavg_end"] = list(os.getloadavg())
+    settings = {"base": commit, "base_label": base_label, "working_tree_head": working["commit"],
+                "working_tree_modified": working["dirty"], "variant": args.variant,
+                "connections": args.connections, "rounds": args.rounds, "seconds": args.seconds,
+                "engine": "nginx stand-in (fixed vLLM body)", "load": "wrk, closed loop, keep-alive",
+                "gateway": f"pinned to core {GATEWAY_CORE}"}
+    summary = summarize(rows, base_label, args.connections)
+    write_json(args.out, {"settings": settings, "machine": machine, "summary": summary, "runs": rows})
+    plot({"settings": settings, "runs": rows}, args.out.with_suffix(".png"))
+    for connections, entry in summary.items():
+        paired = entry["paired"]
+        print(f"{connections}: CPU per request {entry[base_label]['gateway_cpu_ms_per_request']:.3f} -> "
+              f"{entry[WORKING]['gateway_cpu_ms_per_request']:.3f} ms, paired median "
+              f"{100 * paired['cpu_relative_difference_median']:+.1f}% (working tree lower in "
+              f"{paired['rounds_working_tree_used_less_cpu']} of {paired['rounds']} rounds)")
     return 0
 
 
