@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from gateway.errors import ServiceUnavailableError
 from gateway.tenancy.metrics import TenancyMetrics
+from gateway.tenancy.redis_store import RedisLimitStore
 from gateway.tenancy.store import STORE_ERRORS, AdmitPlan, AdmitResult, Ledger, LimitStore, SettleResult
 
 FailureMode = Literal["fail_open", "fail_closed"]
@@ -82,12 +83,8 @@ class Limiter:
         self._health = health
         self._metrics = metrics
         self._mode = mode
-        # The shared store's queue-and-forget settlement, where it has one (the Redis store).
-        self._settle_later: Callable[[AdmitPlan, int, int], asyncio.Future[Any]] | None = getattr(
-            primary, "settle_later", None)
-        self._admit_later: Callable[[AdmitPlan], asyncio.Future[Any]] | None = getattr(
-            primary, "admit_later", None)
-        self._admit_result: Callable[[Any], AdmitResult] | None = getattr(primary, "admit_result", None)
+        # The shared store when it is Redis's: its calls can be queued as futures, without a task.
+        self._queued = primary if isinstance(primary, RedisLimitStore) and health is not None else None
 
     @property
     def remote(self) -> bool:
@@ -110,14 +107,14 @@ class Limiter:
         """``admit`` on the shared store without a task: the future of its raw reply, to pass to
         ``admitted`` (or, if it raised one of ``STORE_ERRORS``, to ``admit_after_failure``). None when
         this admission cannot go that way (no shared store, or it is down: ``admit`` probes it)."""
-        if self._admit_later is None or self._health is None or self._health.down:
+        if self._queued is None or self._health is None or self._health.down:
             return None
-        return self._admit_later(plan)
+        return self._queued.admit_later(plan)
 
     def admitted(self, raw: Any) -> tuple[AdmitResult, LimitStore]:
         """The decision in an ``admit_later`` reply."""
-        assert self._health is not None and self._admit_result is not None
-        result = self._admit_result(raw)
+        assert self._health is not None
+        result = RedisLimitStore.admit_result(raw)
         self._health.succeeded()
         return result, self._primary
 
@@ -153,18 +150,18 @@ class Limiter:
 
     def can_settle_later(self, store: LimitStore) -> bool:
         """Whether ``settle_later`` takes a lease of ``store``: the shared (Redis) store's."""
-        return store is self._primary and self._health is not None and self._settle_later is not None
+        return self._queued is not None and store is self._queued
 
     def settle_later(self, plan: AdmitPlan, delta: int, admitted_us: int) -> asyncio.Future[Any] | None:
         """``settle`` on the shared store for a caller that does not wait for the answer, without a task:
         the settlement rides with the next admission, and its failure is handled in a callback as
         ``settle`` handles it. The future to wait for at shutdown; None when Redis is down and skipped
         (the settlement is counted as dropped, as in ``settle``)."""
-        assert self._health is not None and self._settle_later is not None
+        assert self._health is not None and self._queued is not None
         if self._health.down and not self._health.should_try():
             self._metrics.settle_failures.inc()
             return None
-        future = self._settle_later(plan, delta, admitted_us)
+        future = self._queued.settle_later(plan, delta, admitted_us)
         future.add_done_callback(self._settled_later)
         return future
 
