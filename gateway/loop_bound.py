@@ -56,13 +56,14 @@ class Deadline:
         self._cancelling = 0
 
     async def __aenter__(self) -> Deadline:
+        if self._when is None:
+            return self  # nothing to arm: no task to find (a non-stream request's inner call)
         task = asyncio.current_task(self._loop)
         if task is None:
             raise RuntimeError("Deadline must be entered inside a task of its loop")
         self._task = task
         self._cancelling = task.cancelling()
-        if self._when is not None:
-            self._handle = self._loop.call_at(self._when, self._expire)
+        self._handle = self._loop.call_at(self._when, self._expire)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -82,7 +82,7 @@ async def test_outside_a_task_it_refuses() -> None:
     outcome: list[BaseException] = []
 
     def from_callback() -> None:
-        coroutine = Deadline(loop, None).__aenter__()
+        coroutine = Deadline(loop, loop.time() + 5).__aenter__()
         try:
             coroutine.send(None)
         except BaseException as exc:
