@@ -38,7 +38,14 @@ import yaml
 from backends.launchers.process import ProcessLauncher, free_port
 from benchmarks.loadgen.results import git_state, machine_info, write_json
 from benchmarks.overhead import drop_redis_keys
-from benchmarks.pipeline_cost import GATEWAY_CORE, VARIANTS, redis_prefix, start_engine, variant_config
+from benchmarks.pipeline_cost import (
+    GATEWAY_CORE,
+    VARIANTS,
+    redis_prefix,
+    serve_command,
+    start_engine,
+    variant_config,
+)
 from benchmarks.workers import start, wrk_bodies
 from benchmarks.wrk_load import run_wrk, write_completions_script
 
@@ -74,8 +81,7 @@ def start_gateway_from(tree: Path, name: str, config: dict[str, Any], log_dir: P
     config_path = log_dir / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     port = free_port()
-    serve = ["taskset", "-c", str(GATEWAY_CORE), sys.executable, "-m", "gateway.cli", "serve",
-             "--config", str(config_path), "--port", str(port)]
+    serve = serve_command(config_path, port)
     command = ["bash", "-c", f"cd {shlex.quote(str(tree))} && exec {shlex.join(serve)}"]
     return start(name, command, port, log_dir)
 

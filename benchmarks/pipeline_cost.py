@@ -68,9 +68,13 @@ def start_gateway(variant: str, engine_url: str, log_dir: Path) -> tuple[Process
     config_path = log_dir / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     port = free_port()
-    command = ["taskset", "-c", str(GATEWAY_CORE), sys.executable, "-m", "gateway.cli", "serve", "--config",
-               str(config_path), "--port", str(port)]
-    return start(name, command, port, log_dir), key
+    return start(name, serve_command(config_path, port), port, log_dir), key
+
+
+def serve_command(config_path: Path, port: int) -> list[str]:
+    """``llm-gateway serve`` with ``config_path`` on ``port``, pinned to ``GATEWAY_CORE``."""
+    return ["taskset", "-c", str(GATEWAY_CORE), sys.executable, "-m", "gateway.cli", "serve", "--config",
+            str(config_path), "--port", str(port)]
 
 
 def summarize(rows: list[dict[str, Any]], connections: list[int]) -> dict[str, Any]:
