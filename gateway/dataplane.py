@@ -107,8 +107,11 @@ class DataPlane:
             log.exception("unhandled error on %s", scope["path"])
             reply = error_reply(GatewayError("internal error"))
         if isinstance(reply, Reply):
-            await send({"type": "http.response.start", "status": reply.status,
-                        "headers": _raw(reply.headers)})
+            # A whole answer says its length: no chunked framing, and the server sends the head with the
+            # body in one write (http_protocol.py holds only heads with a length).
+            head = _raw(reply.headers)
+            head.append((b"content-length", b"%d" % len(reply.body)))
+            await send({"type": "http.response.start", "status": reply.status, "headers": head})
             await send({"type": "http.response.body", "body": reply.body})
         else:
             await self._stream(reply, receive, send)

@@ -129,3 +129,17 @@ def test_body_over_limit_is_413(gateway_url: str) -> None:
     response = httpx.post(gateway_url + "/v1/completions", json=body, timeout=30)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
+
+
+@pytest.mark.parametrize("body", [
+    {"model": MODEL, "prompt": "Say something", "max_tokens": 4},  # an answer
+    {"model": MODEL, "prompt": 5},  # an error (400)
+])
+def test_whole_answers_say_their_length(gateway_url: str, body: dict[str, object]) -> None:
+    """A non-stream answer carries a content-length (not chunked framing): that is what lets the server
+    send its head and body in one write (gateway/http_protocol.py)."""
+    with httpx.Client(timeout=30) as client:
+        response = client.post(gateway_url + "/v1/completions", json=body)
+    assert "transfer-encoding" not in response.headers
+    assert int(response.headers["content-length"]) == len(response.content) > 0
+    assert response.json()
