@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
@@ -32,16 +32,37 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = str | int | bytes
 Command = Sequence[Arg]
+# Called once with a batch's replies, or with the exception that failed the batch.
+OnReplies = Callable[[list[Any] | Exception], None]
 
 
 class _Batch:
-    __slots__ = ("deadline", "future", "remaining", "replies")
+    __slots__ = ("deadline", "future", "on_replies", "remaining", "replies")
 
-    def __init__(self, count: int, future: asyncio.Future[list[Any]], deadline: float) -> None:
+    def __init__(self, count: int, future: asyncio.Future[list[Any]] | None, deadline: float,
+                 on_replies: OnReplies | None = None) -> None:
         self.remaining = count
         self.replies: list[Any] = []
         self.future = future
+        self.on_replies = on_replies
         self.deadline = deadline
+
+    def answer(self, loop: asyncio.AbstractEventLoop, outcome: list[Any] | Exception) -> None:
+        on_replies = self.on_replies
+        if on_replies is not None:
+            try:
+                on_replies(outcome)
+            except Exception as error:  # a caller's bug must not break the connection's reply matching
+                loop.call_exception_handler({"message": "Redis batch callback failed", "exception": error})
+            return
+        future = self.future
+        assert future is not None
+        if future.done():  # its caller may have been cancelled
+            return
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 class _RespProtocol(asyncio.Protocol):
@@ -65,11 +86,23 @@ class _RespProtocol(asyncio.Protocol):
         if self.closed or self._transport is None:
             future.set_exception(RedisConnectionError("Redis connection closed"))
             return future
-        self._batches.append(_Batch(count, future, self._loop.time() + self._timeout_s))
+        self._enqueue(payload, _Batch(count, future, self._loop.time() + self._timeout_s))
+        return future
+
+    def send_with(self, payload: bytes, count: int, on_replies: OnReplies) -> bool:
+        """Write the batch now; ``on_replies`` is called from the reply's read (no future, no task
+        wake-up in between). False, nothing written, when the connection is closed."""
+        if self.closed or self._transport is None:
+            return False
+        self._enqueue(payload, _Batch(count, None, self._loop.time() + self._timeout_s, on_replies))
+        return True
+
+    def _enqueue(self, payload: bytes, batch: _Batch) -> None:
+        assert self._transport is not None
+        self._batches.append(batch)
         self._transport.write(payload)
         if self._watchdog is None:
             self._watchdog = self._loop.call_at(self._batches[0].deadline, self._check_deadline)
-        return future
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -86,8 +119,7 @@ class _RespProtocol(asyncio.Protocol):
                 batch.remaining -= 1
                 if batch.remaining == 0:
                     self._batches.popleft()
-                    if not batch.future.done():  # its caller may have been cancelled
-                        batch.future.set_result(batch.replies)
+                    batch.answer(self._loop, batch.replies)
         except hiredis.ProtocolError as error:
             self._fail(RedisConnectionError(f"Redis protocol error: {error}"))
             return
@@ -122,8 +154,7 @@ class _RespProtocol(asyncio.Protocol):
             self._watchdog = None
         batches, self._batches = self._batches, collections.deque()
         for batch in batches:
-            if not batch.future.done():
-                batch.future.set_exception(error)
+            batch.answer(self._loop, error)
         if self._transport is not None:
             self._transport.abort()
 
@@ -166,6 +197,15 @@ class RespPipeline:
                    username=unquote(parts.username) if parts.username else None,
                    password=unquote(parts.password) if parts.password is not None else None,
                    timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
+
+    def send_now(self, commands: Sequence[Command], on_replies: OnReplies) -> bool:
+        """Write ``commands`` at once when connected; ``on_replies`` then gets their replies (as
+        ``execute`` returns them) or the connection's failure, from the reply's read. False, nothing
+        sent, when there is no open connection yet: use ``execute``, which connects."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            return False
+        return protocol.send_with(pack(commands), len(commands), on_replies)
 
     async def execute(self, commands: Sequence[Command]) -> list[Any]:
         """One reply per command, in order (an error reply in its place as a ``ResponseError``)."""

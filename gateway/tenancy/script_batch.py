@@ -25,7 +25,8 @@ else over redis-py's pipeline.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable, Sequence
+import functools
+from collections.abc import Coroutine, Hashable, Sequence
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
@@ -179,16 +180,44 @@ class ScriptBatcher:
             self._timer.cancel()
             self._timer = None
         self._flush_soon = False
-        batch, self._pending = self._pending, []
-        if not batch:
+        pending, self._pending = self._pending, []
+        if not pending:
             return
+        batch = merge_calls(pending)
+        pipeline = self._pipeline
+        if pipeline is not None and pipeline.send_now([_evalsha_command(call) for call in batch],
+                                                      functools.partial(self._answered, pending, batch)):
+            return
+        self._spawn(self._send(pending, batch))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         assert self._loop is not None
-        task = self._loop.create_task(self._send(batch))
+        task = self._loop.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, pending: list[_Call]) -> None:
-        batch = merge_calls(pending)
+    def _answered(self, pending: list[_Call], batch: list[_Call], outcome: list[Any] | Exception) -> None:
+        """The replies of a batch written by ``_flush`` on the open connection (or its failure)."""
+        if isinstance(outcome, Exception):
+            for call in pending:
+                call.resolve(outcome)
+            return
+        for call, reply in zip(batch, outcome, strict=True):
+            if isinstance(reply, NoScriptError):  # it did not run: load the script, send it again
+                self._spawn(self._resend(call))
+            else:
+                call.resolve(reply)
+
+    async def _resend(self, call: _Call) -> None:
+        assert self._pipeline is not None
+        try:
+            reply = (await self._execute_resp(self._pipeline, [call]))[0]
+        except Exception as error:
+            reply = error
+        call.resolve(reply)
+
+    async def _send(self, pending: list[_Call], batch: list[_Call]) -> None:
+        """The batch over a new connection, or over redis-py's pipeline."""
         try:
             replies = await self._execute(batch)
         except BaseException as error:  # the connection failed: every call in the batch failed

@@ -52,6 +52,12 @@ class CountingPipeline(RespPipeline):
             self._owner.pipelines += 1
         return await super().execute(commands)
 
+    def send_now(self, commands: Any, on_replies: Any) -> bool:
+        sent = super().send_now(commands, on_replies)
+        if sent and len(commands) > 1:
+            self._owner.pipelines += 1
+        return sent
+
 
 CARRIERS = ["redis-py", "resp"]
 
@@ -172,6 +178,10 @@ async def test_a_script_redis_refuses_to_load_fails_with_its_own_error(redis: Co
                                                                         carrier: str) -> None:
     batcher = batcher_for(redis, carrier, SHARED)
     broken = LuaScript(redis, "return {")  # a syntax error: SCRIPT LOAD refuses it
+    with pytest.raises(ResponseError) as caught:
+        await batcher.run(broken, [], [])
+    assert not isinstance(caught.value, NoScriptError)
+    # Again on the connection now open, where a batch is written at once and answered from its read.
     with pytest.raises(ResponseError) as caught:
         await batcher.run(broken, [], [])
     assert not isinstance(caught.value, NoScriptError)
