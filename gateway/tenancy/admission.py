@@ -269,9 +269,10 @@ class Admission:
     async def _decide(self, plan: AdmitPlan) -> tuple[AdmitResult, LimitStore]:
         """The store's decision. If the caller is cancelled meanwhile, the decision still completes
         and whatever it admits is refunded (the client left while the store was deciding). On Redis
-        the call is only a future of the batch's reply (no task); otherwise the limiter's ``admit``
-        runs as a task of its own."""
-        raw = self._limiter.admit_later(plan)
+        the call is only a future of the batch's reply (no task), awaited bare: the batcher hands a
+        reply that comes after a cancellation to ``on_orphan`` (a ``shield`` would cost a loop turn
+        per admission); otherwise the limiter's ``admit`` runs as a task of its own."""
+        raw = self._limiter.admit_later(plan, functools.partial(self._release_orphan_value, plan))
         if raw is None:
             attempt = self._loop.create_task(self._limiter.admit(plan))
             try:
@@ -280,18 +281,19 @@ class Admission:
                 attempt.add_done_callback(functools.partial(self._release_orphan, plan))
                 raise
         try:
-            reply = await asyncio.shield(raw)
+            reply = await raw
         except asyncio.CancelledError:
-            raw.add_done_callback(functools.partial(self._release_orphan_reply, plan))
+            if raw.done() and not raw.cancelled():  # answered, then this task was cancelled
+                self._release_orphan_value(plan, raw.exception() or raw.result())
             raise
         except STORE_ERRORS as error:
             return await self._limiter.admit_after_failure(plan, error)
         return self._limiter.admitted(reply)
 
-    def _release_orphan_reply(self, plan: AdmitPlan, raw: asyncio.Future[Any]) -> None:
-        if raw.cancelled() or raw.exception() is not None:
+    def _release_orphan_value(self, plan: AdmitPlan, reply: Any) -> None:
+        if isinstance(reply, BaseException):
             return  # nothing was admitted (a failed store call is the next admission's to notice)
-        self._refund_orphan(plan, *self._limiter.admitted(raw.result()))
+        self._refund_orphan(plan, *self._limiter.admitted(reply))
 
     def _release_orphan(self, plan: AdmitPlan,
                         attempt: asyncio.Future[tuple[AdmitResult, LimitStore]]) -> None:

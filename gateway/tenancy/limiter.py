@@ -103,13 +103,15 @@ class Limiter:
                 return result, self._primary
         return await self._admit_elsewhere(plan)
 
-    def admit_later(self, plan: AdmitPlan) -> asyncio.Future[Any] | None:
+    def admit_later(self, plan: AdmitPlan, on_orphan: Callable[[Any], None] | None = None
+                    ) -> asyncio.Future[Any] | None:
         """``admit`` on the shared store without a task: the future of its raw reply, to pass to
         ``admitted`` (or, if it raised one of ``STORE_ERRORS``, to ``admit_after_failure``). None when
-        this admission cannot go that way (no shared store, or it is down: ``admit`` probes it)."""
+        this admission cannot go that way (no shared store, or it is down: ``admit`` probes it).
+        ``on_orphan`` gets the raw reply (or error) if the future is cancelled before it comes."""
         if self._queued is None or self._health is None or self._health.down:
             return None
-        return self._queued.admit_later(plan)
+        return self._queued.admit_later(plan, on_orphan)
 
     def admitted(self, raw: Any) -> tuple[AdmitResult, LimitStore]:
         """The decision in an ``admit_later`` reply."""

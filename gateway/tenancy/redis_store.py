@@ -11,7 +11,7 @@ client with tight timeouts and no retries, so a failing Redis costs a bounded wa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -125,15 +125,17 @@ class RedisLimitStore:
     async def admit(self, plan: AdmitPlan) -> AdmitResult:
         return self.admit_result(await self.admit_later(plan))
 
-    def admit_later(self, plan: AdmitPlan) -> asyncio.Future[Any]:
+    def admit_later(self, plan: AdmitPlan, on_orphan: Callable[[Any], None] | None = None
+                    ) -> asyncio.Future[Any]:
         """Queue the admission for this loop turn's batch: the future of the script's raw reply (for
-        ``admit_result``). No task or coroutine per admission."""
+        ``admit_result``). No task or coroutine per admission. ``on_orphan``: given the reply (or
+        error) if the future is cancelled before it comes (``ScriptBatcher.submit``)."""
         demand = plan.demand
         keys = [p.key for p in plan.limits] + [plan.ledger_key]
         args: list[str | int] = [1, plan.lease_id, plan.lease_ttl_us, demand.prompt_tokens,
                                  demand.completion_tokens, 1 if demand.clamp else 0,
                                  demand.min_completion_tokens, *_limit_args(plan.limits)]
-        return self._batch.submit(self._admit, keys, args)
+        return self._batch.submit(self._admit, keys, args, on_orphan=on_orphan)
 
     @staticmethod
     def admit_result(raw: Any) -> AdmitResult:

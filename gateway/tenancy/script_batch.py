@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Coroutine, Hashable, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Sequence
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
@@ -63,18 +63,23 @@ class LuaScript:
         self.merge = merge
 
 
+# Given the reply (or error) of a call whose caller cancelled its future before the reply came.
+OnOrphan = Callable[[Any], None]
+
+
 class _Call:
-    __slots__ = ("args", "future", "keys", "members", "merge", "script")
+    __slots__ = ("args", "future", "keys", "members", "merge", "on_orphan", "script")
 
     def __init__(self, script: LuaScript, keys: Sequence[Arg], args: Sequence[Arg],
                  future: asyncio.Future[Any] | None, members: list[_Call] | None = None,
-                 merge: Merge | None = None) -> None:
+                 merge: Merge | None = None, on_orphan: OnOrphan | None = None) -> None:
         self.script = script
         self.keys = keys
         self.args = args
         self.future = future
         self.members = members  # a merged call: the calls it stands for, each with its own future
         self.merge = merge  # and how its reply splits into theirs
+        self.on_orphan = on_orphan
 
     def resolve(self, reply: Any) -> None:
         """Hand ``reply`` (or the exception) to the caller, or, merged, to each member's caller."""
@@ -92,6 +97,8 @@ class _Call:
         future = self.future
         assert future is not None
         if future.done():  # the caller was cancelled meanwhile
+            if self.on_orphan is not None:
+                self.on_orphan(reply)
             return
         if isinstance(reply, BaseException):
             future.set_exception(reply)
@@ -159,14 +166,17 @@ class ScriptBatcher:
         return await self.submit(script, keys, args, defer=defer)
 
     def submit(self, script: LuaScript, keys: Sequence[Arg], args: Sequence[Arg], *,
-               defer: bool = False) -> asyncio.Future[Any]:
+               defer: bool = False, on_orphan: OnOrphan | None = None) -> asyncio.Future[Any]:
         """``run`` without a coroutine: the future of the call's reply (or error). Call it from the
-        event loop's thread, with the loop running."""
+        event loop's thread, with the loop running. Cancelling the future does not stop the call (it
+        may already be on its way); ``on_orphan`` then gets its reply (or error) when it comes, so a
+        caller can await the future itself, with no ``shield`` and its extra loop turn, and still
+        undo what the call did."""
         loop = self._loop
         if loop is None or loop.is_closed():
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(_Call(script, keys, args, future))
+        self._pending.append(_Call(script, keys, args, future, on_orphan=on_orphan))
         if not defer:
             if not self._flush_soon:
                 self._flush_soon = True

@@ -246,3 +246,45 @@ async def test_reload_swaps_tenants_keys_and_limits_live(make_admission: Any, st
     with pytest.raises(ValueError, match="store"):
         admission.reload(type(admission.config).model_validate(
             config | {"store": "memory" if store_kind == "redis" else "redis"}))
+
+
+async def _cancel_when_answered(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` in the loop turn after the future it waits on got its result, before the task
+    resumes: the client leaving just as the store's answer came."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def check() -> None:
+        waited = task._fut_waiter  # type: ignore[attr-defined]
+        if waited is not None and waited.done():
+            task.cancel()
+            done.set_result(None)
+        else:
+            loop.call_soon(check)
+
+    loop.call_soon(check)
+    await asyncio.wait_for(done, 2.0)
+
+
+@pytest.mark.parametrize("leaves", ["before the answer", "as the answer comes"])
+async def test_a_client_leaving_while_redis_decides_gets_its_reservation_back(make_admission: Any,
+                                                                              leaves: str) -> None:
+    """On Redis the admission awaits the batch's reply bare (no shield): whether the cancellation
+    reaches it before the reply or between the reply and the request resuming, what was admitted is
+    refunded and the tenant can spend its whole budget again."""
+    admission = make_admission("redis", tenants=[tenant("default", tokens_per_minute=1_000)])
+    principal = Principal("default")
+    await (await admission.admit(principal, "m", 1, 1)).settle(1, 1)  # connected, scripts loaded
+    task = asyncio.ensure_future(admission.admit(principal, "m", 500, 400))
+    if leaves == "before the answer":
+        await asyncio.sleep(0)  # the admission is queued for this turn's batch
+        task.cancel()
+    else:
+        await _cancel_when_answered(task)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.2)  # the orphaned reply arrives and its refund goes out
+    usage = await admission.usage("default")
+    assert usage.charged_tokens == 2 and usage.open_leases == 0
+    lease = await admission.admit(principal, "m", 500, 490)  # 2 + 990 of 1,000: refused if not refunded
+    await lease.settle(500, 490)
