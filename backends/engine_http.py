@@ -92,8 +92,10 @@ class EventParser(Protocol):
 
 
 async def relay(events: AsyncGenerator[SseEvent, None], parser: EventParser,
-                error_for_report: ReportedErrorMapper) -> AsyncIterator[StreamEvent]:
-    """Parse ``events`` into the gateway's events (see the module docstring); closes ``events``."""
+                error_for_report: ReportedErrorMapper, loop_ref: LoopRef | None = None
+                ) -> AsyncIterator[StreamEvent]:
+    """Parse ``events`` into the gateway's events (see the module docstring); closes ``events``.
+    ``loop_ref``: as for ``open_event_stream``."""
     relayed = False
     async with contextlib.aclosing(events):
         async for sse in events:
@@ -110,7 +112,8 @@ async def relay(events: AsyncGenerator[SseEvent, None], parser: EventParser,
                 yield event
                 relayed = True
             if parser.ended:
-                await _drain(events)
+                loop = asyncio.get_running_loop() if loop_ref is None else loop_ref.get()
+                await _drain(events, loop)
                 break
     if not parser.complete:
         raise (UpstreamStreamError if relayed else UpstreamError)("engine ended the stream early")
@@ -118,11 +121,11 @@ async def relay(events: AsyncGenerator[SseEvent, None], parser: EventParser,
         yield event
 
 
-async def _drain(events: AsyncGenerator[SseEvent, None]) -> None:
+async def _drain(events: AsyncGenerator[SseEvent, None], loop: asyncio.AbstractEventLoop) -> None:
     """Read the rest of an ended stream (normally just the body's end, already on its way) so the
     connection goes back to the pool; give up quietly after a moment (the connection is then closed)."""
     with contextlib.suppress(GatewayError, TimeoutError):
-        async with asyncio.timeout(END_GRACE_S):
+        async with deadline_in(loop, END_GRACE_S):
             async for _ in events:
                 pass
 

@@ -106,7 +106,7 @@ class TgiAdapter:
 
         events = open_event_stream(self._transport, self._base + path, body, headers, self._timeouts,
                                    error_for_response, self._loop)
-        return relay(events, parser, error_for_report)
+        return relay(events, parser, error_for_report, self._loop)
 
     async def health(self) -> bool:
         return await probe_health(self._transport, self._base, self._timeouts)

@@ -67,7 +67,7 @@ class VllmAdapter:
         events = open_event_stream(self._transport, self._url(request), build_body(request),
                                    self._request_headers(request, self._headers), self._timeouts,
                                    error_for_response, self._loop)
-        return relay(events, OpenAiStreamParser(), error_for_report)
+        return relay(events, OpenAiStreamParser(), error_for_report, self._loop)
 
     async def complete(self, request: GenerateRequest) -> Completed:
         """The whole answer in one non-stream request (see ``EngineAdapter.complete``)."""
