@@ -7,15 +7,20 @@ so two separate runs of a benchmark cannot tell a 5% change; within one round th
 same machine, and the per-round differences (with how many rounds each version won) can.
 
 The engine is nginx answering a fixed vLLM body (``nginx_engine.py``) and the load is wrk
-(``wrk_load.py``): both cheap, so the gateway, pinned to core 0, is the machine's main cost. Each round
+(``wrk_load.py``): both cheap, so the gateway, pinned to core 0, is the machine's main cost. With
+``--engine sim`` the engine is the simulator with instant steps on core 1, as in the bar benchmark
+(``overhead.py``): it answers in about a millisecond where nginx answers in microseconds, which decides
+whether Redis' answer comes before or after the engine's, so a change to that path can read
+differently against each. Each round
 runs one direct batch (the engine's own latency), then one batch per version in alternating order.
 Reported per version and connection count: gateway CPU ms per request (user and system apart, from
 /proc), added p50 latency (wrk's p50 against the round's direct batch), requests per second; and per
 pair: the median difference and the rounds the working tree used less CPU. The base commit is checked out
 into a temporary git worktree (removed after). Writes JSON and a PNG.
 
-Run: ``python -m benchmarks.ab_trees --base 6cf9dd1 [--variant full] [--connections 1 16 64]
-[--rounds 8] [--seconds 3]``. Needs nginx and wrk (Debian: ``apt-get install nginx-light wrk``).
+Run: ``python -m benchmarks.ab_trees --base 6cf9dd1 [--variant full] [--engine nginx|sim]
+[--connections 1 16 64] [--rounds 8] [--seconds 3]``. Needs nginx and wrk (Debian: ``apt-get install
+nginx-light wrk``).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import yaml
 
 from backends.launchers.process import ProcessLauncher, free_port
 from benchmarks.loadgen.results import git_state, machine_info, write_json
-from benchmarks.overhead import drop_redis_keys
+from benchmarks.overhead import MODEL, drop_redis_keys
 from benchmarks.pipeline_cost import (
     GATEWAY_CORE,
     VARIANTS,
@@ -86,9 +91,20 @@ def start_gateway_from(tree: Path, name: str, config: dict[str, Any], log_dir: P
     return start(name, command, port, log_dir)
 
 
+ENGINES = ("nginx", "sim")
+
+
+def start_sim_engine(log_dir: Path) -> ProcessLauncher:
+    """The simulator (vLLM dialect, instant steps) pinned to core 1, as ``overhead.py`` runs it."""
+    port = free_port()
+    return start("engine", ["taskset", "-c", "1", sys.executable, "-m", "backends.sim", "--dialect", "vllm",
+                            "--model", MODEL, "--profile", "instant", "--max-num-seqs", "512", "--port",
+                            str(port)], port, log_dir)
+
+
 def measure(trees: dict[str, Path], variant: str, connections: list[int], rounds: int, seconds: float,
-            log_dir: Path) -> list[dict[str, Any]]:
-    engine = start_engine(log_dir)
+            log_dir: Path, engine_kind: str = "nginx") -> list[dict[str, Any]]:
+    engine = start_sim_engine(log_dir) if engine_kind == "sim" else start_engine(log_dir)
     gateways: dict[str, ProcessLauncher] = {}
     scripts: dict[str, Path] = {}
     rows: list[dict[str, Any]] = []
@@ -184,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--base", required=True, help="the git commit (or any ref) to compare against")
     parser.add_argument("--variant", choices=VARIANTS, default="full")
+    parser.add_argument("--engine", choices=ENGINES, default="nginx")
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one batch")
@@ -194,12 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     with worktree(args.base) as (base_tree, commit), tempfile.TemporaryDirectory() as tmp:
         base_label = f"base {commit[:8]}"
         rows = measure({base_label: base_tree, WORKING: ROOT}, args.variant, args.connections, args.rounds,
-                       args.seconds, Path(tmp))
+                       args.seconds, Path(tmp), args.engine)
     machine["loadavg_end"] = list(os.getloadavg())
     settings = {"base": commit, "base_label": base_label, "working_tree_head": working["commit"],
                 "working_tree_modified": working["dirty"], "variant": args.variant,
                 "connections": args.connections, "rounds": args.rounds, "seconds": args.seconds,
-                "engine": "nginx stand-in (fixed vLLM body)", "load": "wrk, closed loop, keep-alive",
+                "engine": ("sim, vllm dialect, instant steps, core 1" if args.engine == "sim"
+                           else "nginx stand-in (fixed vLLM body)"), "load": "wrk, closed loop, keep-alive",
                 "gateway": f"pinned to core {GATEWAY_CORE}"}
     summary = summarize(rows, base_label, args.connections)
     write_json(args.out, {"settings": settings, "machine": machine, "summary": summary, "runs": rows})
