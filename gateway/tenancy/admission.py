@@ -210,81 +210,6 @@ class Admission:
         """Reserve prompt + max_tokens (or the default reservation) on every applicable limit.
         ``speculative``: ``speculate`` said yes for this request (its engine request has started)."""
         self._ensure_background()
-        prepared = self._prepare(principal, model, prompt_tokens_estimate, max_tokens)
-        if isinstance(prepared, Lease):
-            return prepared
-        try:
-            result, store = await self._decide(prepared.plan)
-        except asyncio.CancelledError:
-            self._speculation.forget(prepared.scope)
-            raise
-        except ServiceUnavailableError:
-            self._unavailable(prepared, speculative)
-            raise
-        return self._conclude(prepared, result, store, speculative)
-
-    def admit_soon(self, principal: Principal, model: str, prompt_tokens_estimate: int,
-                   max_tokens: int | None) -> asyncio.Future[Lease] | None:
-        """``admit(..., speculative=True)`` without a task or coroutine, for a caller that forwards the
-        request in its own task meanwhile: the future of the lease (or of the refusal or failure
-        ``admit`` would raise), decided from the Redis batch's reply. None when the decision cannot
-        go that way (the shared store is down: ``admit`` probes it). Cancel the future to drop the
-        request: what the store admits for it is then refunded. Raises at once what ``admit`` raises
-        before asking the store (an unknown tenant)."""
-        self._ensure_background()
-        prepared = self._prepare(principal, model, prompt_tokens_estimate, max_tokens)
-        decided: asyncio.Future[Lease] = self._loop.get().create_future()
-        if isinstance(prepared, Lease):
-            decided.set_result(prepared)
-            return decided
-        raw = self._limiter.admit_later(prepared.plan)
-        if raw is None:
-            self._speculation.forget(prepared.scope)
-            return None
-        raw.add_done_callback(functools.partial(self._decided_soon, prepared, decided))
-        return decided
-
-    def _decided_soon(self, prepared: _Prepared, decided: asyncio.Future[Lease],
-                      raw: asyncio.Future[Any]) -> None:
-        """``admit_soon``'s conclusion, from the store's reply (a task only to fall back after a store
-        error)."""
-        error = None if raw.cancelled() else raw.exception()
-        if raw.cancelled() or (error is not None and not isinstance(error, STORE_ERRORS)):
-            self._speculation.forget(prepared.scope)
-            _fail(decided, error or asyncio.CancelledError())
-            return
-        if error is not None:
-            self._track(self._decide_after_failure(prepared, decided, error))
-            return
-        result, store = self._limiter.admitted(raw.result())
-        self._deliver(prepared, decided, result, store)
-
-    async def _decide_after_failure(self, prepared: _Prepared, decided: asyncio.Future[Lease],
-                                    error: BaseException) -> None:
-        try:
-            result, store = await self._limiter.admit_after_failure(prepared.plan, error)
-        except ServiceUnavailableError as unavailable:
-            self._unavailable(prepared, True)
-            _fail(decided, unavailable)
-            return
-        self._deliver(prepared, decided, result, store)
-
-    def _deliver(self, prepared: _Prepared, decided: asyncio.Future[Lease], result: AdmitResult,
-                 store: LimitStore) -> None:
-        if decided.done():  # the request was dropped before its decision came: undo what it admits
-            self._speculation.forget(prepared.scope)
-            self._refund_orphan(prepared.plan, result, store)
-            return
-        try:
-            lease = self._conclude(prepared, result, store, True)
-        except Exception as refusal:
-            decided.set_exception(refusal)
-        else:
-            decided.set_result(lease)
-
-    def _prepare(self, principal: Principal, model: str, prompt_tokens_estimate: int,
-                 max_tokens: int | None) -> _Prepared | Lease:
-        """The store call's plan for a request, or its lease at once when no limit applies."""
         tenant = self._tenant_of(principal)
         scope_plan = self._plans.plan(tenant, model, principal.key_id)
         limits = scope_plan.limits
@@ -295,35 +220,33 @@ class Admission:
                         min(self._config.min_clamped_tokens, completion))
         plan = AdmitPlan(next(self._lease_ids), limits, ledger_key(self._config.redis_prefix, tenant.name),
                          demand, int(self._config.lease_ttl_s * 1e6))
-        return _Prepared(tenant, scope_plan.token_limited, plan, prompt, completion, max_tokens,
-                         _scope(principal, model), time.perf_counter())
-
-    def _unavailable(self, prepared: _Prepared, speculative: bool) -> None:
-        self._speculation.forget(prepared.scope)
-        self.metrics.decisions.labels(prepared.tenant.name, "unavailable").inc()
-        if speculative:
-            self.metrics.speculations.labels("unavailable").inc()
-
-    def _conclude(self, prepared: _Prepared, result: AdmitResult, store: LimitStore,
-                  speculative: bool) -> Lease:
-        """The lease for the store's decision; raises ``RateLimitError`` for a refusal."""
-        tenant, plan, prompt = prepared.tenant, prepared.plan, prepared.prompt
-        max_tokens = prepared.max_tokens
-        self.metrics.admit_seconds.labels(store.name).observe(time.perf_counter() - prepared.started)
+        started = time.perf_counter()
+        scope = _scope(principal, model)
+        try:
+            result, store = await self._decide(plan)
+        except asyncio.CancelledError:
+            self._speculation.forget(scope)
+            raise
+        except ServiceUnavailableError:
+            self._speculation.forget(scope)
+            self.metrics.decisions.labels(tenant.name, "unavailable").inc()
+            if speculative:
+                self.metrics.speculations.labels("unavailable").inc()
+            raise
+        self.metrics.admit_seconds.labels(store.name).observe(time.perf_counter() - started)
         decision = result.decision
         if speculative:
             self.metrics.speculations.labels("admitted" if decision.admitted else "limited").inc()
         if store is self._redis_store:  # a fallback store's room says nothing of the shared buckets
             self._speculation.decided(
-                prepared.scope, prompt + prepared.completion, speculative=speculative,
-                admitted=decision.admitted,
+                scope, prompt + completion, speculative=speculative, admitted=decision.admitted,
                 requests_left=math.inf if result.requests is None else result.requests.remaining,
                 tokens_left=math.inf if result.tokens is None else result.tokens.remaining)
         else:
-            self._speculation.forget(prepared.scope)
+            self._speculation.forget(scope)
         headers = rate_limit_headers(result.requests, result.tokens)
         if not decision.admitted:
-            refused = plan.limits[decision.refused_index]
+            refused = limits[decision.refused_index]
             self.metrics.decisions.labels(tenant.name, "limited").inc()
             self.metrics.limited.labels(tenant.name, refused.name, refused.scope).inc()
             if decision.retry_after_us is not None:
@@ -331,7 +254,7 @@ class Admission:
             raise RateLimitError(refusal_message(refused, tenant.name, prompt + decision.completion_tokens,
                                                  decision.retry_after_us), headers=headers)
         granted = max_tokens
-        if tenant.clamp_max_tokens and prepared.token_limited and (
+        if tenant.clamp_max_tokens and scope_plan.token_limited and (
                 max_tokens is None or decision.completion_tokens < max_tokens):
             granted = decision.completion_tokens
         clamped = max_tokens is not None and granted is not None and granted < max_tokens
@@ -467,26 +390,3 @@ def _plan_cache(config: TenancyConfig) -> PlanCache:
 
 def _scope(principal: Principal, model: str) -> Scope:
     return principal.tenant, principal.key_id or "", model
-
-
-@dataclass(frozen=True, slots=True)
-class _Prepared:
-    """One admission between its plan and the store's decision."""
-
-    tenant: TenantConfig
-    token_limited: bool
-    plan: AdmitPlan
-    prompt: int
-    completion: int
-    max_tokens: int | None
-    scope: Scope
-    started: float
-
-
-def _fail(decided: asyncio.Future[Lease], error: BaseException) -> None:
-    if decided.done():
-        return
-    if isinstance(error, asyncio.CancelledError):
-        decided.cancel()
-    else:
-        decided.set_exception(error)
