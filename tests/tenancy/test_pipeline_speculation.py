@@ -76,6 +76,17 @@ async def serve(target: Pipeline) -> tuple[Any, Completion]:
     return await target.admit_and_complete(PRINCIPAL, request(), {}, "openai_completion", time.perf_counter())
 
 
+async def served_once(make_admission: Any) -> tuple[Admission, StandInForwarder, Pipeline]:
+    """One replica with room, its pipeline over a stand-in forwarder, and a first request served (the
+    store's first answer: nothing is speculated before it)."""
+    one, _ = replicas(make_admission, tokens_per_minute=10_000)
+    forwarder = StandInForwarder()
+    forwarder.release.set()
+    target = pipeline(one, forwarder)
+    await serve(target)
+    return one, forwarder, target
+
+
 async def test_an_admitted_speculative_request_is_answered_and_settled(make_admission: Any) -> None:
     registry = CollectorRegistry()
     one = make_admission("redis", registry=registry,
@@ -113,11 +124,7 @@ async def test_a_refusal_stops_the_engine_request_and_answers_429(make_admission
 
 
 async def test_a_client_leaving_before_the_decision_gets_its_tokens_back(make_admission: Any) -> None:
-    one, _ = replicas(make_admission, tokens_per_minute=10_000)
-    forwarder = StandInForwarder()
-    forwarder.release.set()
-    target = pipeline(one, forwarder)
-    await serve(target)
+    one, forwarder, target = await served_once(make_admission)
     forwarder.release.clear()
     forwarder.entered.clear()
     task = asyncio.ensure_future(serve(target))
@@ -132,11 +139,7 @@ async def test_a_client_leaving_before_the_decision_gets_its_tokens_back(make_ad
 
 
 async def test_an_engine_failure_with_the_request_admitted_releases_its_lease(make_admission: Any) -> None:
-    one, _ = replicas(make_admission, tokens_per_minute=10_000)
-    forwarder = StandInForwarder()
-    forwarder.release.set()
-    target = pipeline(one, forwarder)
-    await serve(target)
+    one, forwarder, target = await served_once(make_admission)
     forwarder.fail_with = UpstreamError("engine refused the connection")
     with pytest.raises(UpstreamError):
         await serve(target)
