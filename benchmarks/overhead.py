@@ -52,15 +52,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def gateway_config(engine_url: str, full: bool, prefix: str,
-                   speculative: bool = True) -> tuple[dict[str, Any], str | None]:
+SHARED_REDIS_URL = "redis://127.0.0.1:6379"
+
+
+def gateway_config(engine_url: str, full: bool, prefix: str, speculative: bool = True,
+                   redis_url: str = SHARED_REDIS_URL) -> tuple[dict[str, Any], str | None]:
     backend = {"name": "engine", "kind": "vllm", "url": engine_url, "models": [MODEL]}
     if not full:
         return {"backends": [backend], "routing": {"default_policy": "round_robin"},
                 "server": {"log_level": "warning"}}, None
     key = generate_key()
     tenancy = {
-        "auth_enabled": True, "store": "redis", "redis_prefix": prefix,
+        "auth_enabled": True, "store": "redis", "redis_url": redis_url, "redis_prefix": prefix,
         "tenants": [{"name": "bench", "limits": {"requests_per_minute": 10_000_000,
                                                  "tokens_per_minute": 70_000_000}}],
         "keys": [{"id": key.key_id, "hash": key.key_hash, "tenant": "bench"}],
@@ -70,7 +73,7 @@ def gateway_config(engine_url: str, full: bool, prefix: str,
             "server": {"log_level": "info"}, "tenancy": tenancy}, key.key
 
 
-def drop_redis_keys(prefix: str, url: str = "redis://127.0.0.1:6379") -> int:
+def drop_redis_keys(prefix: str, url: str = SHARED_REDIS_URL) -> int:
     """Delete what a benchmark's gateways left in the shared Redis under their own ``prefix`` (a tenant's
     ledger and the keys' last-used times do not expire); nothing else is touched. The count deleted."""
     import redis
@@ -215,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure these routers (installed separately, see --peer-bin)")
     parser.add_argument("--peer-bin", type=Path, default=Path(sys.executable).parent,
                         help="the folder holding the peers' executables")
+    parser.add_argument("--redis-url", default=SHARED_REDIS_URL,
+                        help="the limits' Redis (e.g. a private redis-server pinned off the gateway's core)")
     args = parser.parse_args(argv)
     concurrencies = (1, 16) if args.quick else (1, 16, 64)
     n, rounds = (100, 2) if args.quick else (300, 3)
@@ -227,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"concurrencies": concurrencies, "requests_per_batch": n, "rounds": rounds,
                      "workload": "uniform, 64 words in, 16 tokens out, ignore_eos",
                      "engine": "sim, vllm dialect, instant profile, pinned to core 1",
-                     "gateway": "llm-gateway serve, uvicorn+httptools+uvloop, pinned to core 0"},
+                     "gateway": "llm-gateway serve, uvicorn+httptools+uvloop, pinned to core 0",
+                     "redis": args.redis_url},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "loadavg_start": os.getloadavg()},
         "bar": {"cpu_ms_per_request": BAR_CPU_MS, "added_ttft_p50_ms": BAR_ADDED_TTFT_P50_MS,
@@ -245,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 command, api_key, health_path = peer.command, peer.api_key, peer.health_path
             else:
                 config, api_key = gateway_config(engine.url, pipeline != "off", f"bench-{os.getpid()}:",
-                                                 speculative=pipeline == "full")
+                                                 speculative=pipeline == "full", redis_url=args.redis_url)
                 config_path = log_dir / f"gateway-{pipeline}.yaml"
                 config_path.write_text(yaml.safe_dump(config))
                 command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path),
@@ -264,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             results["runs"][pipeline] = runs
     finally:
         engine.stop()
-        drop_redis_keys(f"bench-{os.getpid()}:")
+        drop_redis_keys(f"bench-{os.getpid()}:", args.redis_url)
     results["machine"]["loadavg_end"] = os.getloadavg()
     full = results["runs"]["full"]
     results["bar_check"] = {

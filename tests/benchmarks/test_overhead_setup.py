@@ -28,6 +28,9 @@ def test_full_config_turns_every_part_on_and_off_turns_them_off() -> None:
     assert verify(key, tenancy.keys[0].hash)
     assert tenancy.tenants[0].limits.requests_per_minute and tenancy.tenants[0].limits.tokens_per_minute
     assert settings.routing.default_policy == "prefix_affinity"
+    assert tenancy.redis_url == "redis://127.0.0.1:6379"
+    private, _ = gateway_config(ENGINE, True, "bench-test:", redis_url="redis://127.0.0.1:6391")
+    assert GatewaySettings.model_validate(private).tenancy.redis_url == "redis://127.0.0.1:6391"
     off, no_key = gateway_config(ENGINE, False, "bench-test:")
     assert no_key is None
     off_settings = GatewaySettings.model_validate(off)
