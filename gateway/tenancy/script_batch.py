@@ -221,7 +221,7 @@ class ScriptBatcher:
     async def _resend(self, call: _Call) -> None:
         assert self._pipeline is not None
         try:
-            reply = (await self._execute_resp(self._pipeline, [call]))[0]
+            reply = await _load_and_run(self._pipeline, call)
         except Exception as error:
             reply = error
         call.resolve(reply)
@@ -260,11 +260,7 @@ class ScriptBatcher:
         replies = await pipeline.execute([_evalsha_command(call) for call in batch])
         for index, reply in enumerate(replies):
             if isinstance(reply, NoScriptError):
-                call = batch[index]
-                loaded, replies[index] = await pipeline.execute([("SCRIPT", "LOAD", call.script.source),
-                                                                 _evalsha_command(call)])
-                if isinstance(loaded, ResponseError):  # the script itself is refused: say why
-                    replies[index] = loaded
+                replies[index] = await _load_and_run(pipeline, batch[index])
         return replies
 
     async def _evalsha(self, call: _Call) -> Any:
@@ -277,3 +273,9 @@ class ScriptBatcher:
 
 def _evalsha_command(call: _Call) -> tuple[Arg, ...]:
     return ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+
+
+async def _load_and_run(pipeline: RespPipeline, call: _Call) -> Any:
+    """A call Redis answered NOSCRIPT (it did not run): load its script and send it again, in one batch."""
+    loaded, reply = await pipeline.execute([("SCRIPT", "LOAD", call.script.source), _evalsha_command(call)])
+    return loaded if isinstance(loaded, ResponseError) else reply  # a refused script: say why
