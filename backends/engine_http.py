@@ -92,8 +92,7 @@ class EventParser(Protocol):
 
 
 async def relay(events: AsyncGenerator[SseEvent, None], parser: EventParser,
-                error_for_report: ReportedErrorMapper, loop_ref: LoopRef | None = None
-                ) -> AsyncIterator[StreamEvent]:
+                error_for_report: ReportedErrorMapper, loop_ref: LoopRef) -> AsyncIterator[StreamEvent]:
     """Parse ``events`` into the gateway's events (see the module docstring); closes ``events``.
     ``loop_ref``: as for ``open_event_stream``."""
     relayed = False
@@ -112,8 +111,7 @@ async def relay(events: AsyncGenerator[SseEvent, None], parser: EventParser,
                 yield event
                 relayed = True
             if parser.ended:
-                loop = asyncio.get_running_loop() if loop_ref is None else loop_ref.get()
-                await _drain(events, loop)
+                await _drain(events, loop_ref.get())
                 break
     if not parser.complete:
         raise (UpstreamStreamError if relayed else UpstreamError)("engine ended the stream early")
@@ -133,10 +131,10 @@ async def _drain(events: AsyncGenerator[SseEvent, None], loop: asyncio.AbstractE
 async def open_event_stream(transport: EngineTransport, url: str, body: bytes,
                             headers: Mapping[str, str], timeouts: AdapterTimeouts,
                             error_for_response: ResponseErrorMapper,
-                            loop_ref: LoopRef | None = None) -> AsyncGenerator[SseEvent, None]:
+                            loop_ref: LoopRef) -> AsyncGenerator[SseEvent, None]:
     """POST ``body`` to ``url`` and yield the SSE events of the answer (see the module docstring).
     ``loop_ref``: the caller's hold on the running loop (``gateway.loop_bound``: no lookup)."""
-    loop = asyncio.get_running_loop() if loop_ref is None else loop_ref.get()
+    loop = loop_ref.get()
     deadline = loop.time() + timeouts.first_token_s
     response: EngineResponse | None = None
     reached_eof = False
@@ -286,14 +284,14 @@ async def _post(loop: asyncio.AbstractEventLoop, transport: EngineTransport, url
 
 async def fetch_whole(transport: EngineTransport, url: str, body: bytes, headers: Mapping[str, str],
                       timeouts: AdapterTimeouts, error_for_response: ResponseErrorMapper,
-                      loop_ref: LoopRef | None = None) -> bytes:
+                      loop_ref: LoopRef) -> bytes:
     """POST ``body`` and return the whole body of the engine's 2xx answer, all within ``whole_s``
     (generation included: a non-stream answer's headers come only when it is done). Every failure is
     a fail-over error, as before a stream's first event: nothing has reached the client yet. One timer
     bounds the request and the read of its answer (``asyncio.timeout_at`` measured 4.6 us with a
     deadline against 1.8 us without one here: ``_post`` runs without its own). ``loop_ref`` as for
     ``open_event_stream``."""
-    loop = asyncio.get_running_loop() if loop_ref is None else loop_ref.get()
+    loop = loop_ref.get()
     response: EngineResponse | None = None
     try:
         async with deadline_in(loop, timeouts.whole_s):
