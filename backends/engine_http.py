@@ -1,14 +1,15 @@
 """The network side shared by the engine adapters: POST a JSON body and read the SSE answer with the
 gateway's deadlines, plus the short GET probes (health, metrics, info).
 
-``open_event_stream`` is an async generator of ``SseEvent``. Before its first event every failure is a
-fail-over error: connect failure -> ``UpstreamUnavailableError``, non-2xx -> the adapter's
-``error_for_response``, no event by the first-token deadline -> ``UpstreamTimeoutError``, a broken
-connection -> ``UpstreamError`` (a pooled connection found dead before any answer is retried once on a
-new one, so a crashed engine reads as unavailable). After the first event a broken connection or an
-idle gap longer than ``idle_s`` -> ``UpstreamStreamError``. Closing the generator early closes the
-upstream connection (so the engine aborts the request); a stream read to its end returns the
-connection to the pool.
+``open_event_stream`` is an async generator of ``SseEvent`` lists, the events each read of the answer
+completed (a stream keeps them together to its client: one write per read, not one per event). Before
+its first event every failure is a fail-over error: connect failure -> ``UpstreamUnavailableError``,
+non-2xx -> the adapter's ``error_for_response``, no event by the first-token deadline ->
+``UpstreamTimeoutError``, a broken connection -> ``UpstreamError`` (a pooled connection found dead before
+any answer is retried once on a new one, so a crashed engine reads as unavailable). After the first
+event a broken connection or an idle gap longer than ``idle_s`` -> ``UpstreamStreamError``. Closing the
+generator early closes the upstream connection (so the engine aborts the request); a stream read to its
+end returns the connection to the pool.
 
 The HTTP client is swappable: everything here goes through an ``EngineTransport`` (``AiohttpTransport``
 or ``Http1Transport`` from ``backends.transports``, chosen by the composition root), which reports
@@ -19,11 +20,12 @@ and ``MalformedResponseError``.
 ``fetch_whole`` is the non-stream request: POST, then the whole answer's body within ``whole_s``; every
 failure is a fail-over error. ``collect`` gathers a stream's events into one answer.
 
-``relay`` runs an engine-specific sans-IO parser over those events and applies the same rule to what
-the engine itself reports: an error object or garbage before the first relayed event is a fail-over
-error, after it an ``UpstreamStreamError``; a stream that ends before the engine said it was complete
-is a failure too. Once the engine's end marker arrives, the rest of the body is read for a moment
-only, so a server that keeps the body open cannot turn a finished answer into an error.
+``relay`` runs an engine-specific sans-IO parser over those events, batch by batch, and applies the
+same rule to what the engine itself reports: an error object or garbage before the first relayed event
+is a fail-over error, after it an ``UpstreamStreamError`` (events parsed before the failure in the same
+batch are relayed first, as they were one by one); a stream that ends before the engine said it was
+complete is a failure too. Once the engine's end marker arrives, the rest of the body is read for a
+moment only, so a server that keeps the body open cannot turn a finished answer into an error.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from gateway.errors import (
     UpstreamUnavailableError,
 )
 from gateway.loop_bound import Deadline, LoopRef, deadline_in
-from gateway.types import Completed, StreamEvent
+from gateway.types import Completed, EventBatch, StreamEvent
 
 __all__ = ["AdapterTimeouts", "AiohttpTransport", "EngineTransport", "Http1Transport", "collect",
            "fetch_whole", "get_probe", "open_event_stream", "probe_health", "relay", "scrape_metrics"]
@@ -91,35 +93,48 @@ class EventParser(Protocol):
     def finish(self) -> list[StreamEvent]: ...
 
 
-async def relay(events: AsyncGenerator[SseEvent, None], parser: EventParser,
-                error_for_report: ReportedErrorMapper, loop_ref: LoopRef) -> AsyncIterator[StreamEvent]:
-    """Parse ``events`` into the gateway's events (see the module docstring); closes ``events``.
-    ``loop_ref``: as for ``open_event_stream``."""
+async def relay(events: AsyncGenerator[list[SseEvent], None], parser: EventParser,
+                error_for_report: ReportedErrorMapper, loop_ref: LoopRef) -> AsyncIterator[EventBatch]:
+    """Parse ``events`` into the gateway's event batches, one per batch of SSE events that produced any
+    (see the module docstring); closes ``events``. ``loop_ref``: as for ``open_event_stream``."""
     relayed = False
     async with contextlib.aclosing(events):
-        async for sse in events:
-            try:
-                parsed = parser.feed(sse)
-            except EngineReportedError as exc:
-                error = error_for_report(exc.payload)
-                if relayed:
-                    raise UpstreamStreamError(f"engine failed mid-stream: {error.message}") from None
-                raise error from None
-            except MalformedEventError as exc:
-                raise (UpstreamStreamError if relayed else UpstreamError)(str(exc)) from None
-            for event in parsed:
-                yield event
+        async for sse_batch in events:
+            parsed: EventBatch = []
+            failure: Exception | None = None
+            for sse in sse_batch:
+                try:
+                    parsed += parser.feed(sse)
+                except (EngineReportedError, MalformedEventError) as exc:
+                    failure = exc
+                    break
+                if parser.ended:
+                    break
+            if parsed:
+                # What the engine sent before a failure in the same read still reaches the client first.
+                yield parsed
                 relayed = True
+            if failure is not None:
+                raise _failure(failure, relayed, error_for_report)
             if parser.ended:
                 await _drain(events, loop_ref.get())
                 break
     if not parser.complete:
         raise (UpstreamStreamError if relayed else UpstreamError)("engine ended the stream early")
-    for event in parser.finish():
-        yield event
+    if finished := parser.finish():
+        yield finished
 
 
-async def _drain(events: AsyncGenerator[SseEvent, None], loop: asyncio.AbstractEventLoop) -> None:
+def _failure(exc: Exception, relayed: bool, error_for_report: ReportedErrorMapper) -> GatewayError:
+    """What a parser's error becomes: before the first relayed event a fail-over error, after it a
+    mid-stream error."""
+    if isinstance(exc, EngineReportedError):
+        error = error_for_report(exc.payload)
+        return UpstreamStreamError(f"engine failed mid-stream: {error.message}") if relayed else error
+    return (UpstreamStreamError if relayed else UpstreamError)(str(exc))
+
+
+async def _drain(events: AsyncGenerator[list[SseEvent], None], loop: asyncio.AbstractEventLoop) -> None:
     """Read the rest of an ended stream (normally just the body's end, already on its way) so the
     connection goes back to the pool; give up quietly after a moment (the connection is then closed)."""
     with contextlib.suppress(GatewayError, TimeoutError):
@@ -131,8 +146,9 @@ async def _drain(events: AsyncGenerator[SseEvent, None], loop: asyncio.AbstractE
 async def open_event_stream(transport: EngineTransport, url: str, body: bytes,
                             headers: Mapping[str, str], timeouts: AdapterTimeouts,
                             error_for_response: ResponseErrorMapper,
-                            loop_ref: LoopRef) -> AsyncGenerator[SseEvent, None]:
-    """POST ``body`` to ``url`` and yield the SSE events of the answer (see the module docstring).
+                            loop_ref: LoopRef) -> AsyncGenerator[list[SseEvent], None]:
+    """POST ``body`` to ``url`` and yield the SSE events of the answer, the events each read completed
+    together (never an empty list; see the module docstring).
     ``loop_ref``: the caller's hold on the running loop (``gateway.loop_bound``: no lookup)."""
     loop = loop_ref.get()
     deadline = loop.time() + timeouts.first_token_s
@@ -165,8 +181,8 @@ async def open_event_stream(transport: EngineTransport, url: str, body: bytes,
             if not chunk:
                 reached_eof = True
                 return
-            for event in decoder.feed(chunk):
-                yield event
+            if sse_batch := decoder.feed(chunk):
+                yield sse_batch
                 committed = True
                 timer.deadline = loop.time() + timeouts.idle_s
     finally:
@@ -322,17 +338,17 @@ async def _read_whole(response: EngineResponse) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-async def collect(events: AsyncIterator[StreamEvent], timeouts: AdapterTimeouts) -> Completed:
+async def collect(batches: AsyncIterator[EventBatch], timeouts: AdapterTimeouts) -> Completed:
     """A stream's events gathered into one answer within ``whole_s`` (for engines whose non-stream answer
-    lacks something the stream has); closes ``events``. A failure after the first event is an
+    lacks something the stream has); closes ``batches``. A failure after the first event is an
     ``UpstreamStreamError``, still a fail-over error for a non-stream request."""
     try:
         async with asyncio.timeout(timeouts.whole_s):
-            return await Completed.from_events(events)
+            return await Completed.from_batches(batches)
     except TimeoutError:
         raise UpstreamTimeoutError(f"no whole answer from the engine within {timeouts.whole_s:g}s") from None
     finally:
-        aclose = getattr(events, "aclose", None)
+        aclose = getattr(batches, "aclose", None)
         if aclose is not None:
             await aclose()
 

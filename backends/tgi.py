@@ -37,7 +37,7 @@ from backends.http_errors import decode_error_body, error_for_status, text_of
 from backends.tgi_stream import TgiChatStreamParser, TgiTokenStreamParser
 from gateway.errors import GatewayError, InvalidRequestError
 from gateway.loop_bound import LoopRef
-from gateway.types import BackendLoad, Completed, GenerateRequest, StreamEvent
+from gateway.types import BackendLoad, Completed, EventBatch, GenerateRequest
 
 SIM_FAULT_HEADER = "x-sim-fault"
 MAX_STOP_SEQUENCES = 4
@@ -83,8 +83,8 @@ class TgiAdapter:
         prompt token count (``input_length`` comes only in stream details)."""
         return await collect(self.stream(request), self._timeouts)
 
-    def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
-        """The engine's events for ``request`` (see ``EngineAdapter.stream``)."""
+    def stream(self, request: GenerateRequest) -> AsyncIterator[EventBatch]:
+        """The engine's event batches for ``request`` (see ``EngineAdapter.stream``)."""
         if len(request.stop) > MAX_STOP_SEQUENCES:
             return _raise(InvalidRequestError(
                 f"at most {MAX_STOP_SEQUENCES} stop sequences are supported by this backend",
@@ -209,6 +209,6 @@ def guess_param(message: str, kind: str) -> str | None:
     return None
 
 
-async def _raise(error: GatewayError) -> AsyncIterator[StreamEvent]:
+async def _raise(error: GatewayError) -> AsyncIterator[EventBatch]:
     raise error
     yield  # pragma: no cover  (makes this an async generator)

@@ -34,7 +34,7 @@ from backends.http_errors import (
 from backends.openai_stream import OpenAiStreamParser, parse_whole
 from gateway.errors import GatewayError, UpstreamError
 from gateway.loop_bound import LoopRef
-from gateway.types import BackendLoad, Completed, GenerateRequest, StreamEvent
+from gateway.types import BackendLoad, Completed, EventBatch, GenerateRequest
 
 SIM_FAULT_HEADER = "x-sim-fault"
 
@@ -62,8 +62,8 @@ class VllmAdapter:
             self._headers["authorization"] = f"Bearer {api_key}"
         self._whole_headers = {**self._headers, "accept": "application/json"}
 
-    def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
-        """The engine's events for ``request`` (see ``EngineAdapter.stream``)."""
+    def stream(self, request: GenerateRequest) -> AsyncIterator[EventBatch]:
+        """The engine's event batches for ``request`` (see ``EngineAdapter.stream``)."""
         events = open_event_stream(self._transport, self._url(request), build_body(request),
                                    self._request_headers(request, self._headers), self._timeouts,
                                    error_for_response, self._loop)

@@ -22,7 +22,7 @@ import msgspec
 from gateway.client_schemas import decode_json, parse_chat, parse_completion, parse_native, parse_tgi
 from gateway.errors import GatewayError, PayloadTooLargeError
 from gateway.loop_bound import LoopRef
-from gateway.relay import relay_native, relay_openai, relay_tgi
+from gateway.relay import FinalChunk, relay_native, relay_openai, relay_tgi
 from gateway.render_openai import OpenAIRenderer, ResponseIds
 from gateway.render_text import native_response, tgi_error_body, tgi_finish_reason, tgi_response
 from gateway.service import Gateway
@@ -136,7 +136,8 @@ class DataPlane:
                 return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def _stream(self, reply: StreamReply, receive: Receive, send: Send) -> None:
-        """Send the stream; a client disconnect cancels it (the relay's ``finally`` cleans up)."""
+        """Send the stream; a client disconnect cancels it (the relay's ``finally`` cleans up). A
+        ``FinalChunk`` goes out with the end of the body."""
         loop = self._loop.get()
         task = asyncio.current_task(loop)
         assert task is not None
@@ -150,6 +151,9 @@ class DataPlane:
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _raw(reply.headers)})
             async for chunk in reply.chunks:
+                if isinstance(chunk, FinalChunk):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                    return
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:

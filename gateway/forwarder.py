@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from gateway.errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamStreamError
 from gateway.metrics import GatewayMetrics
 from gateway.registry import Backend, Registry
-from gateway.types import Completed, GenerateRequest, StreamEvent, Usage
+from gateway.types import Completed, EventBatch, GenerateRequest, Usage
 from policies.base import RoutingContext, RoutingPolicy
 from policies.prefix_hash import canonical_chat
 
@@ -25,29 +25,30 @@ log = logging.getLogger("gateway.forwarder")
 
 
 class Attempt:
-    """An engine stream that produced its first event: the request is committed to ``backend``."""
+    """An engine stream that produced its first events: the request is committed to ``backend``."""
 
-    __slots__ = ("_closed", "_events", "backend", "first", "started")
+    __slots__ = ("_batches", "_closed", "backend", "first", "started")
 
-    def __init__(self, backend: Backend, first: StreamEvent, events: AsyncIterator[StreamEvent],
+    def __init__(self, backend: Backend, first: EventBatch, batches: AsyncIterator[EventBatch],
                  started: float) -> None:
         self.backend = backend
         self.first = first
-        self._events = events
+        self._batches = batches
         self._closed = False
         self.started = started
 
-    async def events(self) -> AsyncIterator[StreamEvent]:
+    async def batches(self) -> AsyncIterator[EventBatch]:
+        """The stream's event batches, the first one included."""
         yield self.first
-        async for event in self._events:
-            yield event
+        async for batch in self._batches:
+            yield batch
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self.backend.in_flight -= 1
-        aclose = getattr(self._events, "aclose", None)
+        aclose = getattr(self._batches, "aclose", None)
         if aclose is not None:
             await aclose()
 
@@ -152,7 +153,7 @@ class Forwarder:
         while True:
             attempt = await self.open(request, routing_key=routing_key, exclude=tried)
             try:
-                whole = await Completed.from_events(attempt.events())
+                whole = await Completed.from_batches(attempt.batches())
             except UpstreamStreamError as exc:
                 self._failed(attempt.backend, request, exc)
                 tried.add(attempt.backend.name)
@@ -180,7 +181,7 @@ def _exhausted(request: GenerateRequest, last_error: GatewayError | None) -> Gat
     return ServiceUnavailableError(f"no backend available for model `{request.model}`")
 
 
-async def _aclose(events: AsyncIterator[StreamEvent]) -> None:
+async def _aclose(events: AsyncIterator[EventBatch]) -> None:
     aclose = getattr(events, "aclose", None)
     if aclose is not None:
         await aclose()

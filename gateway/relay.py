@@ -1,8 +1,14 @@
 """Streaming relays: turn a committed engine stream into the client's SSE bytes for each dialect.
 
+The events of one engine batch (one read of the engine's answer) leave as one piece of bytes, each
+still its own SSE event: a client write per read, not per event, so an engine that sends faster than
+the gateway writes (several events per read) costs fewer system calls. The last piece is a
+``FinalChunk``.
+
 Every relay closes the upstream attempt in ``finally`` (client disconnect cancels the generator, which
-closes the engine connection and returns the in-flight count), reports the outcome to a callback, and
-turns an engine failure after the first byte into the dialect's error event."""
+closes the engine connection and returns the in-flight count), reports the outcome to a callback
+before its last bytes, and turns an engine failure after the first byte into the dialect's error
+event."""
 
 from __future__ import annotations
 
@@ -25,6 +31,13 @@ from gateway.render_text import (
 from gateway.types import Delta, GenerateRequest, Usage
 
 
+class FinalChunk(bytes):
+    """A relay's last bytes, yielded once the attempt is closed and the outcome reported (so a client that
+    saw the end of the body sees its request settled): the data plane sends them with the end of the
+    body, in one write where uvicorn would write the chunked body's terminator on its own. Nothing
+    follows them."""
+
+
 class _ChunkClock:
     """Observes the gap between relayed chunks (inter-token latency at the gateway)."""
 
@@ -43,29 +56,36 @@ class _ChunkClock:
 
 async def relay_openai(attempt: Attempt, request: GenerateRequest, renderer: OpenAIRenderer,
                        metrics: GatewayMetrics, on_done: OnDone) -> AsyncIterator[bytes]:
+    """OpenAI SSE: one chunk per engine event. The usage chunk (when asked for) leaves with ``[DONE]`` and
+    the end of the body: the usage is the stream's last event, handed out once the engine's stream ended."""
     usage: Usage | None = None
+    usage_chunk = b""
     outcome = "cancelled"
     chunks = 0
     clock = _ChunkClock(metrics, request.model)
     try:
-        async for event in attempt.events():
-            if isinstance(event, Delta):
-                clock.tick()
-                chunks += 1
-                yield renderer.chunk(event)
-            else:
-                usage = event
-                if request.include_usage:
-                    yield renderer.usage_chunk(event)
+        async for batch in attempt.batches():
+            out: list[bytes] = []
+            for event in batch:
+                if isinstance(event, Delta):
+                    clock.tick()
+                    chunks += 1
+                    out.append(renderer.chunk(event))
+                else:
+                    usage = event
+                    if request.include_usage:
+                        usage_chunk = renderer.usage_chunk(event)
+            if out:
+                yield out[0] if len(out) == 1 else b"".join(out)
         outcome = "ok"
-        yield DONE
+        final = FinalChunk(usage_chunk + DONE)
     except GatewayError as exc:
         outcome = "stream_error"
-        yield renderer.error_event(exc)
-        yield DONE
+        final = FinalChunk(usage_chunk + renderer.error_event(exc) + DONE)
     finally:
         await attempt.close()
         await on_done(attempt.backend.name, usage, outcome, chunks)
+    yield final
 
 
 async def relay_native(attempt: Attempt, request: GenerateRequest, on_done: OnDone) -> AsyncIterator[bytes]:
@@ -75,22 +95,27 @@ async def relay_native(attempt: Attempt, request: GenerateRequest, on_done: OnDo
     outcome = "cancelled"
     chunks = 0
     try:
-        async for event in attempt.events():
-            if isinstance(event, Usage):
-                usage = event
-                continue
-            finish_reason = event.finish_reason or finish_reason
-            if event.text:
-                chunks += 1
-                yield native_delta(event.text)
+        async for batch in attempt.batches():
+            out: list[bytes] = []
+            for event in batch:
+                if isinstance(event, Usage):
+                    usage = event
+                    continue
+                finish_reason = event.finish_reason or finish_reason
+                if event.text:
+                    chunks += 1
+                    out.append(native_delta(event.text))
+            if out:
+                yield out[0] if len(out) == 1 else b"".join(out)
         outcome = "ok"
-        yield native_final("", usage.completion_tokens if usage else 0, finish_reason)
+        final = FinalChunk(native_final("", usage.completion_tokens if usage else 0, finish_reason))
     except GatewayError as exc:
         outcome = "stream_error"
-        yield native_error(exc)
+        final = FinalChunk(native_error(exc))
     finally:
         await attempt.close()
         await on_done(attempt.backend.name, usage, outcome, chunks)
+    yield final
 
 
 async def relay_tgi(attempt: Attempt, request: GenerateRequest, on_done: OnDone) -> AsyncIterator[bytes]:
@@ -104,17 +129,21 @@ async def relay_tgi(attempt: Attempt, request: GenerateRequest, on_done: OnDone)
     parts: list[str] = []
     outcome = "cancelled"
     try:
-        async for event in attempt.events():
-            if isinstance(event, Usage):
-                usage = event
-                continue
-            parts.append(event.text)
-            if event.finish_reason is not None:
-                finish_reason = event.finish_reason
-                last_text = event.text
-            elif event.text:
-                index += 1
-                yield tgi_stream_token(index, event.text)
+        async for batch in attempt.batches():
+            out: list[bytes] = []
+            for event in batch:
+                if isinstance(event, Usage):
+                    usage = event
+                    continue
+                parts.append(event.text)
+                if event.finish_reason is not None:
+                    finish_reason = event.finish_reason
+                    last_text = event.text
+                elif event.text:
+                    index += 1
+                    out.append(tgi_stream_token(index, event.text))
+            if out:
+                yield out[0] if len(out) == 1 else b"".join(out)
         outcome = "ok"
         details = {
             "finish_reason": tgi_finish_reason(finish_reason, request.stop, ""),
@@ -122,11 +151,12 @@ async def relay_tgi(attempt: Attempt, request: GenerateRequest, on_done: OnDone)
             "input_length": usage.prompt_tokens if usage else 0,
             "seed": request.seed,
         }
-        yield tgi_stream_token(index + 1, last_text, generated_text="".join(parts), details=details,
-                               special=not last_text)
+        final = FinalChunk(tgi_stream_token(index + 1, last_text, generated_text="".join(parts),
+                                            details=details, special=not last_text))
     except GatewayError as exc:
         outcome = "stream_error"
-        yield tgi_error_event(exc)
+        final = FinalChunk(tgi_error_event(exc))
     finally:
         await attempt.close()
         await on_done(attempt.backend.name, usage, outcome, index)
+    yield final

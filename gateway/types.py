@@ -55,6 +55,9 @@ class Usage(msgspec.Struct, kw_only=True):
 
 
 StreamEvent = Delta | Usage
+# The events one read of an engine's answer completed, in order; never empty. Streams travel in batches so
+# that events which arrived together leave together: one client write instead of one per event.
+EventBatch = list[StreamEvent]
 
 
 class Completed(msgspec.Struct, kw_only=True):
@@ -65,17 +68,18 @@ class Completed(msgspec.Struct, kw_only=True):
     usage: Usage | None = None
 
     @classmethod
-    async def from_events(cls, events: AsyncIterator[StreamEvent]) -> Completed:
+    async def from_batches(cls, batches: AsyncIterator[EventBatch]) -> Completed:
         """The answer a stream's events add up to (the text joined, the last finish reason, the usage)."""
         parts: list[str] = []
         finish_reason: str | None = None
         usage: Usage | None = None
-        async for event in events:
-            if isinstance(event, Delta):
-                parts.append(event.text)
-                finish_reason = event.finish_reason or finish_reason
-            else:
-                usage = event
+        async for batch in batches:
+            for event in batch:
+                if isinstance(event, Delta):
+                    parts.append(event.text)
+                    finish_reason = event.finish_reason or finish_reason
+                else:
+                    usage = event
         return cls(text="".join(parts), finish_reason=finish_reason, usage=usage)
 
 
@@ -96,8 +100,10 @@ class BackendLoad(msgspec.Struct, kw_only=True):
 class EngineAdapter(Protocol):
     """What the gateway needs from one engine. One instance per backend."""
 
-    def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
-        """Yield the engine's events for ``request`` (streamed upstream, usage always asked).
+    def stream(self, request: GenerateRequest) -> AsyncIterator[EventBatch]:
+        """Yield the engine's events for ``request`` (streamed upstream, usage always asked), in batches:
+        each batch holds the events one read of the engine's answer completed, so events that arrived
+        together can be relayed together.
 
         Before the first event, failures raise a ``GatewayError`` whose ``retryable`` says whether
         the gateway may fail over. After the first event a failure raises ``UpstreamStreamError``.

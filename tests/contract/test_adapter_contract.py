@@ -52,7 +52,8 @@ def generate_request(target: Target, kind: str, **overrides: Any) -> GenerateReq
 
 
 async def run(target: Target, transport: EngineTransport, request: GenerateRequest) -> Result:
-    events: list[StreamEvent] = [e async for e in target.make(transport, PATIENT).stream(request)]
+    adapter = target.make(transport, PATIENT)
+    events: list[StreamEvent] = [e async for batch in adapter.stream(request) for e in batch]
     return Result([e for e in events if isinstance(e, Delta)], [e for e in events if isinstance(e, Usage)])
 
 
@@ -90,7 +91,8 @@ async def test_stream_text_is_the_engines_non_stream_answer(target: Target, tran
 @pytest.mark.parametrize("kind", KINDS)
 async def test_usage_comes_once_last_and_positive(target: Target, transport: EngineTransport,
                                                   kind: str) -> None:
-    events = [e async for e in target.make(transport, PATIENT).stream(generate_request(target, kind))]
+    events = [e async for batch in target.make(transport, PATIENT).stream(generate_request(target, kind))
+              for e in batch]
     usage = events[-1]
     assert isinstance(usage, Usage) and sum(isinstance(e, Usage) for e in events) == 1
     assert usage.prompt_tokens > 0 and usage.completion_tokens == MAX_TOKENS
@@ -151,7 +153,7 @@ async def test_unreachable_engine_is_unavailable(target: Target, transport: Engi
 
 
 async def run_adapter(adapter: Any, request: GenerateRequest) -> list[StreamEvent]:
-    return [e async for e in adapter.stream(request)]
+    return [e async for batch in adapter.stream(request) for e in batch]
 
 
 async def test_health_and_load_report_numbers(target: Target, transport: EngineTransport) -> None:
@@ -184,7 +186,7 @@ async def test_closing_the_stream_aborts_the_engine_request(
     engine = sim_factory(target.dialect, "--step-overhead", "0.2")
     adapter = type(adapter)(engine.url, transport, PATIENT)
     events = adapter.stream(generate_request(target, kind, max_tokens=1500))
-    received = [await anext(events) for _ in range(3)]
+    received = [event for _ in range(3) for event in await anext(events)]
     assert all(isinstance(e, Delta) for e in received)
     assert (await adapter.load()).running == 1
     await events.aclose()  # type: ignore[attr-defined]

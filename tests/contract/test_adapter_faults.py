@@ -47,8 +47,8 @@ async def consume(target: Target, transport: EngineTransport, request: GenerateR
                   timeouts: AdapterTimeouts = PATIENT) -> tuple[list[StreamEvent], GatewayError | None]:
     events: list[StreamEvent] = []
     try:
-        async for event in target.make(transport, timeouts).stream(request):
-            events.append(event)
+        async for batch in target.make(transport, timeouts).stream(request):
+            events += batch
     except GatewayError as exc:
         return events, exc
     return events, None
@@ -96,7 +96,7 @@ async def test_killed_engine_is_unavailable(sim_target: Target, transport: Engin
     assert await adapter.health()
     engine.kill()
     with pytest.raises(UpstreamUnavailableError):
-        _ = [e async for e in adapter.stream(generate_request(sim_target, "completion"))]
+        _ = [batch async for batch in adapter.stream(generate_request(sim_target, "completion"))]
     assert not await adapter.health()
     with pytest.raises(UpstreamUnavailableError):
         await adapter.load()

@@ -31,7 +31,7 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from gateway.types import Delta, GenerateRequest, StreamEvent, Usage
+from gateway.types import Delta, EventBatch, GenerateRequest, StreamEvent, Usage
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 PATIENT = AdapterTimeouts(connect_s=5, first_token_s=20, idle_s=20, probe_s=5)
@@ -47,6 +47,7 @@ class Reply:
     chunks: list[bytes] = field(default_factory=list)
     content_type: str = "text/event-stream"
     then: str = "end"  # "end" the body, "stall" (keep-alive comments until the client leaves), "drop"
+    gap_s: float = 0.0  # pause between two chunks
 
 
 @dataclass
@@ -92,7 +93,7 @@ class FakeEngine:
             await response.prepare(request)
             for chunk in reply.chunks:
                 await response.write(chunk)
-                await asyncio.sleep(0)
+                await asyncio.sleep(reply.gap_s)
             if reply.then == "drop" and request.transport is not None:
                 request.transport.abort()
                 return response
@@ -128,8 +129,9 @@ def split_randomly(raw: bytes, seed: int = 7) -> list[bytes]:
     return [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
 
 
-async def collect(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
-    return [event async for event in events]
+async def collect(batches: AsyncIterator[EventBatch]) -> list[StreamEvent]:
+    """A stream's events, its batches flattened."""
+    return [event async for batch in batches for event in batch]
 
 
 def make(kind: str, url: str, transport: EngineTransport,
@@ -201,8 +203,8 @@ async def test_vllm_in_stream_error_after_first_event(engine: FakeEngine,
                                                       b"data: " + json.dumps(error).encode() + b"\n\n"])
     received: list[StreamEvent] = []
     with pytest.raises(UpstreamStreamError, match="engine died"):
-        async for event in make("vllm", engine.url, transport).stream(COMPLETION):
-            received.append(event)
+        async for batch in make("vllm", engine.url, transport).stream(COMPLETION):
+            received += batch
     assert received == [Delta(text="a")]
 
 
@@ -262,8 +264,8 @@ async def test_tgi_generation_error_mid_stream(engine: FakeEngine, transport: En
         (DATA / "tgi/generate_stream_error_generation.sse").read_bytes()])
     received: list[StreamEvent] = []
     with pytest.raises(UpstreamStreamError, match="CUDA out of memory"):
-        async for event in make("tgi", engine.url, transport).stream(COMPLETION):
-            received.append(event)
+        async for batch in make("tgi", engine.url, transport).stream(COMPLETION):
+            received += batch
     assert received == [Delta(text=" Once"), Delta(text=" upon")]
 
 
@@ -372,8 +374,8 @@ async def test_idle_after_first_event(engine: FakeEngine, transport: EngineTrans
     engine.replies[completion_path(kind)] = Reply(chunks=[token(kind, "a")], then="stall")
     received: list[StreamEvent] = []
     with pytest.raises(UpstreamStreamError):
-        async for event in make(kind, engine.url, transport, HASTY).stream(COMPLETION):
-            received.append(event)
+        async for batch in make(kind, engine.url, transport, HASTY).stream(COMPLETION):
+            received += batch
     assert received == [Delta(text="a")]
 
 
@@ -413,9 +415,36 @@ async def test_closing_the_stream_closes_the_upstream_connection(engine: FakeEng
                                                                 kind: str) -> None:
     engine.replies[completion_path(kind)] = Reply(chunks=[token(kind, "a")], then="stall")
     events = make(kind, engine.url, transport).stream(COMPLETION)
-    assert await anext(events) == Delta(text="a")
+    assert await anext(events) == [Delta(text="a")]
     await events.aclose()  # type: ignore[attr-defined]
     await asyncio.wait_for(engine.client_left.wait(), 10)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_events_that_arrive_together_come_in_one_batch(engine: FakeEngine, transport: EngineTransport,
+                                                             kind: str) -> None:
+    """The unit a stream travels in is what one read of the answer completed: two events written at once
+    come as one batch, the next write as another, and the usage last, once the stream has ended."""
+    engine.replies[completion_path(kind)] = Reply(
+        chunks=[token(kind, "a") + token(kind, "b"), b"".join(tail(kind))], gap_s=0.05)
+    batches = [batch async for batch in make(kind, engine.url, transport).stream(COMPLETION)]
+    assert batches == [[Delta(text="a"), Delta(text="b")], [Delta(text="b", finish_reason="length")],
+                       [Usage(prompt_tokens=3, completion_tokens=2)]]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_failure_read_with_events_relays_those_events_first(engine: FakeEngine,
+                                                                   transport: EngineTransport,
+                                                                   kind: str) -> None:
+    """An engine error in the same read as the stream's first events: those events are relayed (the
+    request is then committed) and the error is a mid-stream one, as when they came one by one."""
+    garbage = b"data: {not json\n\n"
+    engine.replies[completion_path(kind)] = Reply(chunks=[token(kind, "a") + token(kind, "b") + garbage])
+    received: list[EventBatch] = []
+    with pytest.raises(UpstreamStreamError, match="unparsable"):
+        async for batch in make(kind, engine.url, transport).stream(COMPLETION):
+            received.append(batch)
+    assert received == [[Delta(text="a"), Delta(text="b")]]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -443,9 +472,9 @@ async def test_a_body_left_open_after_the_end_marker_still_completes(
 async def test_time_the_consumer_holds_an_event_is_not_engine_idle_time(
         engine: FakeEngine, transport: EngineTransport, kind: str) -> None:
     engine.replies[completion_path(kind)] = Reply(chunks=[token(kind, "a"), *tail(kind)])
-    events = []
-    async for event in make(kind, engine.url, transport, HASTY).stream(COMPLETION):
-        events.append(event)
+    events: list[StreamEvent] = []
+    async for batch in make(kind, engine.url, transport, HASTY).stream(COMPLETION):
+        events += batch
         await asyncio.sleep(0.5)  # longer than HASTY's idle_s
     assert events[-1] == Usage(prompt_tokens=3, completion_tokens=2)
 

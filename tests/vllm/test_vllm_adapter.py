@@ -47,7 +47,7 @@ def completion(prompt: str, **fields: Any) -> GenerateRequest:
 
 
 async def collect(adapter: VllmAdapter, request: GenerateRequest) -> tuple[list[Delta], list[Usage]]:
-    events: list[StreamEvent] = [event async for event in adapter.stream(request)]
+    events: list[StreamEvent] = [event async for batch in adapter.stream(request) for event in batch]
     deltas = [event for event in events if isinstance(event, Delta)]
     usages = [event for event in events if isinstance(event, Usage)]
     assert len(deltas) + len(usages) == len(events)
@@ -187,7 +187,7 @@ async def test_closing_the_stream_aborts_the_engine_request(adapter: VllmAdapter
         before = await settled_counters(adapter, metrics)
         events = adapter.stream(completion(unique_text(5), max_tokens=1500))
         first = await anext(events)
-        assert isinstance(first, Delta)
+        assert all(isinstance(event, Delta) for event in first)
         await events.aclose()  # type: ignore[attr-defined]
         after = await settled_counters(adapter, metrics)
     assert after["length"] == before["length"]

@@ -1,0 +1,178 @@
+"""A stream's writes to its client: the events one read of the engine's answer completed leave in one
+write, each still its own SSE event, and the stream's last bytes leave with the end of the body.
+
+The gateway is the real one, built in-process by the composition root and served by real uvicorn with the
+gateway's HTTP protocol; a recorder under the protocol keeps every write. The engine is a labelled stand-in
+(an aiohttp server in the test's loop) that answers a vLLM-shaped stream in the pieces each test chooses,
+a pause between pieces, so that what one read of the gateway gets is known."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from aiohttp import web
+
+from backends.launchers.process import free_port
+from gateway.app import create_app
+from gateway.composition import build_gateway
+from gateway.http_protocol import GatewayHttpProtocol
+from gateway.settings import parse_settings
+from tests.unit.test_http_protocol import RecordingTransport
+
+MODEL = "m"
+GAP_S = 0.05  # between two pieces of the engine's answer: long enough that each is its own read
+
+
+def completion_event(text: str, finish: str | None = None) -> bytes:
+    chunk = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": MODEL,
+             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+USAGE = b"data: " + json.dumps({"id": "cmpl-1", "object": "text_completion", "created": 1, "model": MODEL,
+                                "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 3,
+                                                         "total_tokens": 6}}).encode() + b"\n\n"
+DONE = b"data: [DONE]\n\n"
+
+
+class StandInEngine:
+    """Stand-in for a vLLM server (not a real engine): ``/v1/completions`` answers ``pieces``, each in one
+    write, ``GAP_S`` apart; ``/health`` and ``/metrics`` answer as an idle vLLM would."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/completions", self._complete)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, shutdown_timeout=1)
+        await self._runner.setup()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        await web.SockSite(self._runner, sock).start()
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @staticmethod
+    async def _health(_: web.Request) -> web.Response:
+        return web.Response(text="")
+
+    @staticmethod
+    async def _metrics(_: web.Request) -> web.Response:
+        return web.Response(text="vllm:num_requests_running 0\n")
+
+    async def _complete(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for index, piece in enumerate(self.pieces):
+            if index:
+                await asyncio.sleep(GAP_S)
+            await response.write(piece)
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[StandInEngine]:
+    stand_in = StandInEngine()
+    await stand_in.start()
+    yield stand_in
+    await stand_in.stop()
+
+
+@pytest.fixture
+async def gateway(engine: StandInEngine) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """The gateway's URL and the list its writes to clients go to."""
+    writes: list[bytes] = []
+
+    class Recorded(GatewayHttpProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(RecordingTransport(transport, writes))  # type: ignore[arg-type]
+
+    backend = {"name": "e", "kind": "vllm", "url": engine.url, "models": [MODEL]}
+    settings = parse_settings({"backends": [backend], "server": {"log_level": "warning"}})
+    port = free_port()
+    app = create_app(build_gateway(settings, {"e": engine.url}))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=Recorded, loop="none",
+                                           log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    assert server.started
+    yield f"http://127.0.0.1:{port}", writes
+    server.should_exit = True
+    await task
+
+
+ROUTES: dict[str, dict[str, Any]] = {
+    "openai": {"path": "/v1/completions", "body": {"model": MODEL, "prompt": "p", "max_tokens": 3,
+                                                   "stream": True,
+                                                   "stream_options": {"include_usage": True}}},
+    "native": {"path": "/generate", "body": {"prompt": "p", "max_tokens": 3, "stream": True}},
+    "tgi": {"path": "/generate_stream", "body": {"inputs": "p", "parameters": {"max_new_tokens": 3}}},
+}
+
+
+async def stream_writes(url: str, writes: list[bytes], dialect: str) -> tuple[list[bytes], list[str]]:
+    """The writes of one stream's answer (head first) and the data of the SSE events the client got."""
+    route = ROUTES[dialect]
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        await client.get("/health")  # the connection is open: what follows is the stream's alone
+        writes.clear()
+        async with client.stream("POST", route["path"], json=route["body"]) as response:
+            assert response.status_code == 200
+            body = b"".join([part async for part in response.aiter_bytes()])
+    lines = body.decode().split("\n")
+    events = [line.removeprefix("data:").strip() for line in lines if line.startswith("data:")]
+    return list(writes), events
+
+
+async def test_events_read_together_leave_together(engine: StandInEngine,
+                                                   gateway: tuple[str, list[bytes]]) -> None:
+    engine.pieces = [completion_event("a") + completion_event("b"),
+                     completion_event("c", "length") + USAGE + DONE]
+    writes, events = await stream_writes(*gateway, "openai")
+    assert [json.loads(e)["choices"][0]["text"] for e in events[:3]] == ["a", "b", "c"]
+    assert json.loads(events[3])["usage"]["completion_tokens"] == 3 and events[4] == "[DONE]"
+    assert len(events) == 5
+    # Head; "a" and "b" in one write; "c"; the usage chunk, [DONE] and the body's end in one write.
+    assert len(writes) == 4, writes
+    assert writes[1].count(b"data: ") == 2 and writes[2].count(b"data: ") == 1
+    assert writes[3].count(b"data: ") == 2 and writes[3].endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+
+
+@pytest.mark.parametrize(("dialect", "expected_writes"), [("openai", 3), ("native", 3), ("tgi", 3)])
+async def test_a_burst_is_one_write_in_every_dialect(engine: StandInEngine, gateway: tuple[str, list[bytes]],
+                                                     dialect: str, expected_writes: int) -> None:
+    """The whole answer in one read: the head, the events, and the last event with the body's end (TGI
+    holds its finishing token for the last event, which carries the details)."""
+    engine.pieces = [completion_event("a") + completion_event("b") + completion_event("c", "length") + USAGE
+                     + DONE]
+    writes, events = await stream_writes(*gateway, dialect)
+    assert len(writes) == expected_writes, writes
+    assert writes[-1].endswith(b"\r\n0\r\n\r\n")
+    if dialect == "openai":
+        assert len(events) == 5 and events[-1] == "[DONE]"
+    elif dialect == "native":
+        assert [json.loads(e).get("text") for e in events] == ["a", "b", "c", ""]
+    else:
+        tokens = [json.loads(e) for e in events]
+        assert [t["token"]["text"] for t in tokens] == ["a", "b", "c"]
+        assert tokens[-1]["generated_text"] == "abc"
