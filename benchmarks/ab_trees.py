@@ -18,9 +18,13 @@ Reported per version and connection count: gateway CPU ms per request (user and 
 pair: the median difference and the rounds the working tree used less CPU. The base commit is checked out
 into a temporary git worktree (removed after). Writes JSON and a PNG.
 
+``--mode stream`` sends 16-token streams with the usage chunk (simulator only); ``--engine-step-ms``
+gives the simulator's steps a duration, so that a stream's events arrive one by one as from a real
+engine rather than in bursts.
+
 Run: ``python -m benchmarks.ab_trees --base 6cf9dd1 [--variant full] [--engine nginx|sim]
-[--connections 1 16 64] [--rounds 8] [--seconds 3]``. Needs nginx and wrk (Debian: ``apt-get install
-nginx-light wrk``).
+[--mode non-stream|stream] [--engine-step-ms 0] [--connections 1 16 64] [--rounds 8] [--seconds 3]``.
+Needs nginx and wrk (Debian: ``apt-get install nginx-light wrk``).
 """
 
 from __future__ import annotations
@@ -94,17 +98,25 @@ def start_gateway_from(tree: Path, name: str, config: dict[str, Any], log_dir: P
 ENGINES = ("nginx", "sim")
 
 
-def start_sim_engine(log_dir: Path) -> ProcessLauncher:
-    """The simulator (vLLM dialect, instant steps) pinned to core 1, as ``overhead.py`` runs it."""
+MODES = ("non-stream", "stream")
+
+
+def start_sim_engine(log_dir: Path, step_s: float = 0.0) -> ProcessLauncher:
+    """The simulator (vLLM dialect) pinned to core 1, as ``overhead.py`` runs it: instant steps, or each
+    engine step taking ``step_s`` (one token per stream per step, as a real engine sends them)."""
     port = free_port()
+    timing = ["--step-overhead", str(step_s)] if step_s else []
     return start("engine", ["taskset", "-c", "1", sys.executable, "-m", "backends.sim", "--dialect", "vllm",
-                            "--model", MODEL, "--profile", "instant", "--max-num-seqs", "512", "--port",
-                            str(port)], port, log_dir)
+                            "--model", MODEL, "--profile", "instant", *timing, "--max-num-seqs", "512",
+                            "--port", str(port)], port, log_dir)
 
 
 def measure(trees: dict[str, Path], variant: str, connections: list[int], rounds: int, seconds: float,
-            log_dir: Path, engine_kind: str = "nginx") -> list[dict[str, Any]]:
-    engine = start_sim_engine(log_dir) if engine_kind == "sim" else start_engine(log_dir)
+            log_dir: Path, engine_kind: str = "nginx", mode: str = "non-stream",
+            step_s: float = 0.0) -> list[dict[str, Any]]:
+    if mode == "stream" and engine_kind != "sim":
+        raise ValueError("streams need --engine sim (the nginx stand-in answers one fixed non-stream body)")
+    engine = start_sim_engine(log_dir, step_s) if engine_kind == "sim" else start_engine(log_dir)
     gateways: dict[str, ProcessLauncher] = {}
     scripts: dict[str, Path] = {}
     rows: list[dict[str, Any]] = []
@@ -112,7 +124,8 @@ def measure(trees: dict[str, Path], variant: str, connections: list[int], rounds
         for index, (name, tree) in enumerate(trees.items()):
             config, key = variant_config(variant, engine.url, f"{redis_prefix()}{index}:")
             gateways[name] = start_gateway_from(tree, f"gateway-{index}", config, log_dir)
-            scripts[name] = write_completions_script(log_dir / f"load-{index}.lua", wrk_bodies(), key)
+            scripts[name] = write_completions_script(log_dir / f"load-{index}.lua",
+                                                     wrk_bodies(stream=mode == "stream"), key)
         for name, gateway in gateways.items():  # warm up: connections, caches, the limiter's scripts
             report, _ = run_wrk(gateway.url, scripts[name], 16, 1.0)
             if report.ok != report.requests:
@@ -190,10 +203,16 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set(title=f"{c} connection(s)", xlabel="round", ylabel="gateway CPU ms / request")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"A/B, paired rounds: {base} vs the working tree ({result['settings']['variant']} pipeline, "
-                 "nginx engine, wrk, gateway pinned to one core)", fontsize=9)
+    settings = result["settings"]
+    fig.suptitle(f"A/B, paired rounds: {base} vs the working tree ({settings['variant']} pipeline, "
+                 f"{settings.get('mode', 'non-stream')}, engine: {settings['engine']}, wrk, gateway "
+                 "pinned to one core)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _steps(step_ms: float) -> str:
+    return f"{step_ms:g} ms steps" if step_ms else "instant steps"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", required=True, help="the git commit (or any ref) to compare against")
     parser.add_argument("--variant", choices=VARIANTS, default="full")
     parser.add_argument("--engine", choices=ENGINES, default="nginx")
+    parser.add_argument("--mode", choices=MODES, default="non-stream",
+                        help="stream: 16-token streams with the usage chunk (needs --engine sim)")
+    parser.add_argument("--engine-step-ms", type=float, default=0.0,
+                        help="with --engine sim: each engine step takes this long (0: instant steps)")
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one batch")
@@ -211,13 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     with worktree(args.base) as (base_tree, commit), tempfile.TemporaryDirectory() as tmp:
         base_label = f"base {commit[:8]}"
         rows = measure({base_label: base_tree, WORKING: ROOT}, args.variant, args.connections, args.rounds,
-                       args.seconds, Path(tmp), args.engine)
+                       args.seconds, Path(tmp), args.engine, args.mode, args.engine_step_ms / 1000)
     machine["loadavg_end"] = list(os.getloadavg())
     settings = {"base": commit, "base_label": base_label, "working_tree_head": working["commit"],
                 "working_tree_modified": working["dirty"], "variant": args.variant,
                 "connections": args.connections, "rounds": args.rounds, "seconds": args.seconds,
-                "engine": ("sim, vllm dialect, instant steps, core 1" if args.engine == "sim"
-                           else "nginx stand-in (fixed vLLM body)"), "load": "wrk, closed loop, keep-alive",
+                "engine": (f"sim, vllm dialect, {_steps(args.engine_step_ms)}, core 1" if args.engine == "sim"
+                           else "nginx stand-in (fixed vLLM body)"), "mode": args.mode,
+                "load": "wrk, closed loop, keep-alive",
                 "gateway": f"pinned to core {GATEWAY_CORE}"}
     summary = summarize(rows, base_label, args.connections)
     write_json(args.out, {"settings": settings, "machine": machine, "summary": summary, "runs": rows})

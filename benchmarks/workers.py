@@ -180,11 +180,13 @@ def measure(gateway: ProcessLauncher, engines: list[ProcessLauncher], workers: i
     }
 
 
-def wrk_bodies(count: int = 512) -> list[bytes]:
-    """Non-stream completions with distinct 64-word prompts (so prefix_affinity spreads them)."""
+def wrk_bodies(count: int = 512, stream: bool = False) -> list[bytes]:
+    """Completions with distinct 64-word prompts (so prefix_affinity spreads them), 16 tokens out;
+    ``stream`` ones ask for the usage chunk, as the field's benchmarks do."""
     workload = UniformRandomWorkload(input_words=64, output_tokens=16, range_ratio=0.0)
+    extra: dict[str, Any] = {"stream_options": {"include_usage": True}} if stream else {}
     return [json.dumps({"model": MODEL, "prompt": spec.prompt, "max_tokens": spec.max_tokens,
-                        "ignore_eos": True, "stream": False}).encode()
+                        "ignore_eos": True, "stream": stream, **extra}).encode()
             for spec in workload.generate(count, seed=7)]
 
 

@@ -47,3 +47,23 @@ def test_a_short_ab_run_pairs_its_rounds_and_cleans_up(tmp_path: Path) -> None:
     assert 0 <= summary["paired"]["rounds_working_tree_used_less_cpu"] <= 2
     assert {(r["version"], r["round"]) for r in result["runs"]} == {
         (version, index) for version in (base, ab_trees.WORKING) for index in (0, 1)}
+
+
+def test_a_short_stream_run_against_the_simulator_with_timed_steps(tmp_path: Path) -> None:
+    out = tmp_path / "ab.json"
+    assert ab_trees.main(["--base", "HEAD", "--variant", "off", "--engine", "sim", "--mode", "stream",
+                          "--engine-step-ms", "1", "--connections", "4", "--rounds", "1", "--seconds", "1",
+                          "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["settings"]["mode"] == "stream"
+    assert result["settings"]["engine"] == "sim, vllm dialect, 1 ms steps, core 1"
+    summary = result["summary"]["c=4"]
+    for version in (result["settings"]["base_label"], ab_trees.WORKING):
+        assert summary[version]["failed"] == 0
+        # 16 steps of at least 1 ms per stream: at most ~250 streams/s on each of the 4 connections.
+        assert 10 < summary[version]["requests_per_s"] < 4 * 1000 / 16
+
+
+def test_streams_need_the_simulator(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--engine sim"):
+        ab_trees.measure({}, "off", [1], 1, 1.0, tmp_path, "nginx", "stream")
