@@ -14,7 +14,11 @@ them as the loop's own time (the previous profile's "50% event loop" was mostly 
 functions by own samples, the collapsed stacks' path; the concurrency is named when not 16) and
 prints a summary.
 
-Run: ``python -m benchmarks.profile_gateway [--pipeline full|off] [--stream] [--requests N]``.
+``--engine-step-ms`` gives the engine's steps a duration, so a stream's events come one by one as from a
+real engine instead of in bursts.
+
+Run: ``python -m benchmarks.profile_gateway [--pipeline full|off] [--stream] [--requests N]
+[--concurrency C] [--engine-step-ms MS]``.
 """
 
 from __future__ import annotations
@@ -128,15 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--engine-step-ms", type=float, default=0.0,
+                        help="each engine step takes this long (0: instant steps: events in bursts)")
     args = parser.parse_args(argv)
     mode = "stream" if args.stream else "non-stream"
-    # The recorded profiles are at the default concurrency; another one gets its own file.
-    name = f"profile_{args.pipeline}_{mode}" + ("" if args.concurrency == 16 else f"_c{args.concurrency}")
+    # The recorded profiles are at the default concurrency and instant steps; others get their own file.
+    name = (f"profile_{args.pipeline}_{mode}" + ("" if args.concurrency == 16 else f"_c{args.concurrency}")
+            + (f"_steps{args.engine_step_ms:g}ms" if args.engine_step_ms else ""))
+    timing = ["--step-overhead", str(args.engine_step_ms / 1000)] if args.engine_step_ms else []
     log_dir = Path(tempfile.mkdtemp(prefix="profile-"))
     engine_port = free_port()
     engine = start("engine", [sys.executable, "-m", "backends.sim", "--dialect", "vllm", "--model", MODEL,
-                              "--profile", "instant", "--max-num-seqs", "512", "--port", str(engine_port)],
-                   engine_port, log_dir, core=1)
+                              "--profile", "instant", *timing, "--max-num-seqs", "512", "--port",
+                              str(engine_port)], engine_port, log_dir, core=1)
     try:
         config, api_key = gateway_config(engine.url, args.pipeline == "full", f"profile-{os.getpid()}:")
         config_path = log_dir / "gateway.yaml"
@@ -170,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "settings": {"pipeline": args.pipeline, "mode": mode, "requests": args.requests,
                      "concurrency": args.concurrency, "py_spy_rate": args.rate,
+                     "engine_step_ms": args.engine_step_ms,
                      "workload": "uniform, 64 words in, 16 tokens out, ignore_eos"},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg": os.getloadavg()},
         "failed": sum(not r.success for r in records),
