@@ -22,6 +22,7 @@ import msgspec
 from gateway.client_schemas import decode_json, parse_chat, parse_completion, parse_native, parse_tgi
 from gateway.errors import GatewayError, PayloadTooLargeError
 from gateway.loop_bound import LoopRef
+from gateway.pipeline import Record
 from gateway.relay import FinalChunk, relay_native, relay_openai, relay_tgi
 from gateway.render_openai import OpenAIRenderer, ResponseIds
 from gateway.render_text import native_response, tgi_error_body, tgi_finish_reason, tgi_response
@@ -47,6 +48,8 @@ class Reply:
     status: int
     body: bytes
     headers: Mapping[str, str]
+    # Awaited once the reply has been sent (or sending failed): a served request's metrics and settlement.
+    after: Record | None = None
 
 
 @dataclass(slots=True)
@@ -111,8 +114,12 @@ class DataPlane:
             # body in one write (http_protocol.py holds only heads with a length).
             head = _raw(reply.headers)
             head.append((b"content-length", b"%d" % len(reply.body)))
-            await send({"type": "http.response.start", "status": reply.status, "headers": head})
-            await send({"type": "http.response.body", "body": reply.body})
+            try:
+                await send({"type": "http.response.start", "status": reply.status, "headers": head})
+                await send({"type": "http.response.body", "body": reply.body})
+            finally:
+                if reply.after is not None:
+                    await _record(reply.after, scope["path"])
         else:
             await self._stream(reply, receive, send)
 
@@ -185,9 +192,11 @@ class DataPlane:
                                                                     started)
             return StreamReply(relay_openai(attempt, request, renderer, self._metrics, on_done),
                                {**SSE_HEADERS, **lease.headers, BACKEND_HEADER: attempt.backend.name})
-        lease, result = await pipeline.admit_and_complete(principal, request, headers, dialect, started)
-        return Reply(200, renderer.response(result.text, result.finish_reason, result.usage),
-                     {**JSON_HEADERS, **lease.headers, BACKEND_HEADER: result.backend})
+        lease, result, record = await pipeline.admit_and_complete(principal, request, headers, dialect,
+                                                                  started)
+        return await _answered(record, lambda: Reply(
+            200, renderer.response(result.text, result.finish_reason, result.usage),
+            {**JSON_HEADERS, **lease.headers, BACKEND_HEADER: result.backend}))
 
     async def _generate(self, headers: dict[str, str], body: bytes) -> Reply | StreamReply:
         """The native dialect, or TGI's when the body has ``inputs``."""
@@ -203,10 +212,12 @@ class DataPlane:
                                                                     started)
             return StreamReply(relay_native(attempt, request, on_done),
                                {**SSE_HEADERS, **lease.headers, BACKEND_HEADER: attempt.backend.name})
-        lease, result = await pipeline.admit_and_complete(principal, request, headers, "native", started)
+        lease, result, record = await pipeline.admit_and_complete(principal, request, headers, "native",
+                                                                  started)
         tokens = result.usage.completion_tokens if result.usage else 0
-        return Reply(200, native_response(result.text, tokens, result.finish_reason),
-                     {**JSON_HEADERS, **lease.headers, BACKEND_HEADER: result.backend})
+        return await _answered(record, lambda: Reply(
+            200, native_response(result.text, tokens, result.finish_reason),
+            {**JSON_HEADERS, **lease.headers, BACKEND_HEADER: result.backend}))
 
     async def _generate_stream(self, headers: dict[str, str], body: bytes) -> Reply | StreamReply:
         try:
@@ -235,18 +246,43 @@ class DataPlane:
                                                                         started)
                 return StreamReply(relay_tgi(attempt, request, on_done),
                                    {**SSE_HEADERS, **lease.headers, BACKEND_HEADER: attempt.backend.name})
-            lease, result = await pipeline.admit_and_complete(principal, request, headers, "tgi", started)
+            lease, result, record = await pipeline.admit_and_complete(principal, request, headers, "tgi",
+                                                                      started)
         except GatewayError as exc:
             return tgi_error_reply(exc)
-        tokens = result.usage.completion_tokens if result.usage else 0
-        details = None
-        if parsed.details:
-            details = {"finish_reason": tgi_finish_reason(result.finish_reason, request.stop, result.text),
-                       "generated_tokens": tokens, "seed": request.seed, "prefill": [], "tokens": []}
-        text = (request.prompt + result.text) if parsed.return_full_text else result.text
-        body = tgi_response(text, details)
-        return Reply(200, _encode([body] if compat else body),
-                     {**JSON_HEADERS, **lease.headers, BACKEND_HEADER: result.backend})
+
+        def render() -> Reply:
+            tokens = result.usage.completion_tokens if result.usage else 0
+            details = None
+            if parsed.details:
+                finish_reason = tgi_finish_reason(result.finish_reason, request.stop, result.text)
+                details = {"finish_reason": finish_reason, "generated_tokens": tokens, "seed": request.seed,
+                           "prefill": [], "tokens": []}
+            text = (request.prompt + result.text) if parsed.return_full_text else result.text
+            body = tgi_response(text, details)
+            return Reply(200, _encode([body] if compat else body),
+                         {**JSON_HEADERS, **lease.headers, BACKEND_HEADER: result.backend})
+        return await _answered(record, render)
+
+
+async def _answered(record: Record, render: Callable[[], Reply]) -> Reply:
+    """The served request's reply, to be recorded once sent; if rendering it fails, recorded now."""
+    try:
+        reply = render()
+    except BaseException:
+        await record()
+        raise
+    reply.after = record
+    return reply
+
+
+async def _record(record: Record, path: str) -> None:
+    """Record a request whose answer went out: a failure here is logged, the client already has its
+    answer."""
+    try:
+        await record()
+    except Exception:
+        log.exception("recording a served request on %s failed", path)
 
 
 def _raw(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:

@@ -27,6 +27,8 @@ _Result = TypeVar("_Result", Attempt, Completion)
 # Called once when a stream ends: backend, engine usage (None if never reported), outcome, and the
 # number of text chunks relayed (the usage estimate when the engine reported none).
 OnDone = Callable[[str, Usage | None, str, int], Awaitable[None]]
+# A whole answer's ``OnDone`` with its arguments bound: awaited once the answer has been sent.
+Record = Callable[[], Awaitable[None]]
 
 
 class Pipeline:
@@ -63,22 +65,27 @@ class Pipeline:
 
     async def admit_and_complete(self, principal: Principal, request: GenerateRequest,
                                  headers: Mapping[str, str], dialect: str,
-                                 started: float) -> tuple[Lease, Completion]:
-        """``admit`` then ``complete``, the engine request started beside the admission when allowed."""
+                                 started: float) -> tuple[Lease, Completion, Record]:
+        """``admit`` then ``complete``, the engine request started beside the admission when allowed. The
+        caller answers the client, then awaits the returned ``Record`` (metrics and the lease's
+        settlement) exactly once, also when answering fails: that work is off the answer's path."""
         routing_key = headers.get(ROUTING_KEY_HEADER)
         lease, result = await self._admit_beside(
             principal, request, lambda: self._forwarder.complete(request, routing_key=routing_key))
-        on_done = self.on_done(request, dialect, lease, started)
         if result is None:
-            return lease, await self.complete(request, lease, headers, on_done)
-        try:
-            completion = await result
-        except BaseException:
-            self._abandon(result)
-            await lease.release_unused()
-            raise
-        await on_done(completion.backend, completion.usage, "ok", 0)
-        return lease, completion
+            completion = await self.complete(request, lease, headers)
+        else:
+            try:
+                completion = await result
+            except BaseException:
+                self._abandon(result)
+                await lease.release_unused()
+                raise
+        on_done = self.on_done(request, dialect, lease, started)
+
+        def record() -> Awaitable[None]:
+            return on_done(completion.backend, completion.usage, "ok", 0)
+        return lease, completion, record
 
     async def admit_and_open(self, principal: Principal, request: GenerateRequest, headers: Mapping[str, str],
                              dialect: str, started: float) -> tuple[Lease, OnDone, Attempt]:
@@ -157,12 +164,11 @@ class Pipeline:
             await lease.release_unused()
             raise
 
-    async def complete(self, request: GenerateRequest, lease: Lease, headers: Mapping[str, str],
-                       on_done: OnDone) -> Completion:
+    async def complete(self, request: GenerateRequest, lease: Lease,
+                       headers: Mapping[str, str]) -> Completion:
+        """Run a non-stream request after its admission; if it fails nothing was used: release."""
         try:
-            result = await self._forwarder.complete(request, routing_key=headers.get(ROUTING_KEY_HEADER))
+            return await self._forwarder.complete(request, routing_key=headers.get(ROUTING_KEY_HEADER))
         except BaseException:
             await lease.release_unused()
             raise
-        await on_done(result.backend, result.usage, "ok", 0)
-        return result

@@ -73,7 +73,11 @@ def replicas(make_admission: Any, **limits: Any) -> tuple[Admission, Admission]:
 
 
 async def serve(target: Pipeline) -> tuple[Any, Completion]:
-    return await target.admit_and_complete(PRINCIPAL, request(), {}, "openai_completion", time.perf_counter())
+    """One request served, then recorded as the data plane records it once the answer is sent."""
+    lease, completion, record = await target.admit_and_complete(PRINCIPAL, request(), {}, "openai_completion",
+                                                                time.perf_counter())
+    await record()
+    return lease, completion
 
 
 async def served_once(make_admission: Any) -> tuple[Admission, StandInForwarder, Pipeline]:

@@ -1,5 +1,7 @@
-"""A stream's writes to its client: the events one read of the engine's answer completed leave in one
-write, each still its own SSE event, and the stream's last bytes leave with the end of the body.
+"""What the gateway writes to its client, and when. A stream: the events one read of the engine's answer
+completed leave in one write, each still its own SSE event, and the stream's last bytes leave with the
+end of the body. A whole answer: it leaves before the request is recorded (metrics, the lease's
+settlement), which still happens, also when rendering the answer fails.
 
 The gateway is the real one, built in-process by the composition root and served by real uvicorn with the
 gateway's HTTP protocol; a recorder under the protocol keeps every write. The engine is a labelled stand-in
@@ -12,6 +14,7 @@ import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -23,7 +26,12 @@ from backends.launchers.process import free_port
 from gateway.app import create_app
 from gateway.composition import build_gateway
 from gateway.http_protocol import GatewayHttpProtocol
+from gateway.pipeline import OnDone
+from gateway.render_openai import OpenAIRenderer
+from gateway.service import Gateway
 from gateway.settings import parse_settings
+from gateway.tenancy import Lease
+from gateway.types import GenerateRequest, Usage
 from tests.unit.test_http_protocol import RecordingTransport
 
 MODEL = "m"
@@ -76,7 +84,11 @@ class StandInEngine:
         return web.Response(text="vllm:num_requests_running 0\n")
 
     async def _complete(self, request: web.Request) -> web.StreamResponse:
-        await request.read()
+        if not (await request.json()).get("stream"):
+            return web.json_response({
+                "id": "cmpl-1", "object": "text_completion", "created": 1, "model": MODEL,
+                "choices": [{"index": 0, "text": "abc", "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}})
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
         for index, piece in enumerate(self.pieces):
@@ -95,9 +107,15 @@ async def engine() -> AsyncIterator[StandInEngine]:
     await stand_in.stop()
 
 
+@dataclass
+class InProcess:
+    url: str
+    writes: list[bytes]  # every write to a client, in order
+    gateway: Gateway
+
+
 @pytest.fixture
-async def gateway(engine: StandInEngine) -> AsyncIterator[tuple[str, list[bytes]]]:
-    """The gateway's URL and the list its writes to clients go to."""
+async def gateway(engine: StandInEngine) -> AsyncIterator[InProcess]:
     writes: list[bytes] = []
 
     class Recorded(GatewayHttpProtocol):
@@ -107,16 +125,17 @@ async def gateway(engine: StandInEngine) -> AsyncIterator[tuple[str, list[bytes]
     backend = {"name": "e", "kind": "vllm", "url": engine.url, "models": [MODEL]}
     settings = parse_settings({"backends": [backend], "server": {"log_level": "warning"}})
     port = free_port()
-    app = create_app(build_gateway(settings, {"e": engine.url}))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=Recorded, loop="none",
-                                           log_level="warning", lifespan="on"))
+    built = build_gateway(settings, {"e": engine.url})
+    server = uvicorn.Server(uvicorn.Config(create_app(built), host="127.0.0.1", port=port, http=Recorded,
+                                           loop="none", log_level="warning", lifespan="on",
+                                           timeout_graceful_shutdown=5))
     task = asyncio.create_task(server.serve())
     for _ in range(500):
         if server.started:
             break
         await asyncio.sleep(0.01)
     assert server.started
-    yield f"http://127.0.0.1:{port}", writes
+    yield InProcess(f"http://127.0.0.1:{port}", writes, built)
     server.should_exit = True
     await task
 
@@ -130,10 +149,11 @@ ROUTES: dict[str, dict[str, Any]] = {
 }
 
 
-async def stream_writes(url: str, writes: list[bytes], dialect: str) -> tuple[list[bytes], list[str]]:
+async def stream_writes(served: InProcess, dialect: str) -> tuple[list[bytes], list[str]]:
     """The writes of one stream's answer (head first) and the data of the SSE events the client got."""
     route = ROUTES[dialect]
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+    writes = served.writes
+    async with httpx.AsyncClient(base_url=served.url, timeout=10) as client:
         await client.get("/health")  # the connection is open: what follows is the stream's alone
         writes.clear()
         async with client.stream("POST", route["path"], json=route["body"]) as response:
@@ -145,10 +165,10 @@ async def stream_writes(url: str, writes: list[bytes], dialect: str) -> tuple[li
 
 
 async def test_events_read_together_leave_together(engine: StandInEngine,
-                                                   gateway: tuple[str, list[bytes]]) -> None:
+                                                   gateway: InProcess) -> None:
     engine.pieces = [completion_event("a") + completion_event("b"),
                      completion_event("c", "length") + USAGE + DONE]
-    writes, events = await stream_writes(*gateway, "openai")
+    writes, events = await stream_writes(gateway, "openai")
     assert [json.loads(e)["choices"][0]["text"] for e in events[:3]] == ["a", "b", "c"]
     assert json.loads(events[3])["usage"]["completion_tokens"] == 3 and events[4] == "[DONE]"
     assert len(events) == 5
@@ -159,13 +179,13 @@ async def test_events_read_together_leave_together(engine: StandInEngine,
 
 
 @pytest.mark.parametrize(("dialect", "expected_writes"), [("openai", 3), ("native", 3), ("tgi", 3)])
-async def test_a_burst_is_one_write_in_every_dialect(engine: StandInEngine, gateway: tuple[str, list[bytes]],
+async def test_a_burst_is_one_write_in_every_dialect(engine: StandInEngine, gateway: InProcess,
                                                      dialect: str, expected_writes: int) -> None:
     """The whole answer in one read: the head, the events, and the last event with the body's end (TGI
     holds its finishing token for the last event, which carries the details)."""
     engine.pieces = [completion_event("a") + completion_event("b") + completion_event("c", "length") + USAGE
                      + DONE]
-    writes, events = await stream_writes(*gateway, dialect)
+    writes, events = await stream_writes(gateway, dialect)
     assert len(writes) == expected_writes, writes
     assert writes[-1].endswith(b"\r\n0\r\n\r\n")
     if dialect == "openai":
@@ -176,3 +196,51 @@ async def test_a_burst_is_one_write_in_every_dialect(engine: StandInEngine, gate
         tokens = [json.loads(e) for e in events]
         assert [t["token"]["text"] for t in tokens] == ["a", "b", "c"]
         assert tokens[-1]["generated_text"] == "abc"
+
+
+WHOLE = {"model": MODEL, "prompt": "p", "max_tokens": 3}
+
+
+def served_ok(served: InProcess) -> float | None:
+    labels = {"model": MODEL, "backend": "e", "dialect": "openai_completion", "outcome": "ok"}
+    return served.gateway.prometheus.get_sample_value("gateway_requests_total", labels)
+
+
+async def test_a_whole_answer_leaves_before_its_request_is_recorded(gateway: InProcess) -> None:
+    """The metrics and the settlement are off the answer's path: the client has its answer while the
+    recording is still held, and the request is recorded once it is let go."""
+    release, recorded = asyncio.Event(), asyncio.Event()
+    pipeline = gateway.gateway.pipeline
+    real = pipeline.on_done
+
+    def held(request: GenerateRequest, dialect: str, lease: Lease, started: float) -> OnDone:
+        done = real(request, dialect, lease, started)
+
+        async def later(backend: str, usage: Usage | None, outcome: str, chunks: int) -> None:
+            await release.wait()
+            await done(backend, usage, outcome, chunks)
+            recorded.set()
+        return later
+
+    pipeline.on_done = held  # type: ignore[method-assign]
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=3) as client:
+            response = await client.post("/v1/completions", json=WHOLE)
+        assert response.status_code == 200 and response.json()["choices"][0]["text"] == "abc"
+        assert not recorded.is_set() and served_ok(gateway) is None
+    finally:
+        release.set()
+    await asyncio.wait_for(recorded.wait(), 5)
+    assert served_ok(gateway) == 1
+
+
+async def test_a_request_whose_answer_fails_to_render_is_still_recorded(
+        gateway: InProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: Any) -> bytes:
+        raise RuntimeError("rendering bug")
+
+    monkeypatch.setattr(OpenAIRenderer, "response", broken)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        response = await client.post("/v1/completions", json=WHOLE)
+    assert response.status_code == 500 and response.json()["error"]["message"] == "internal error"
+    assert served_ok(gateway) == 1
