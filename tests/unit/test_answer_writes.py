@@ -4,15 +4,15 @@ end of the body. A whole answer: it leaves before the request is recorded (metri
 settlement), which still happens, also when rendering the answer fails.
 
 The gateway is the real one, built in-process by the composition root and served by real uvicorn with the
-gateway's HTTP protocol; a recorder under the protocol keeps every write. The engine is a labelled stand-in
-(an aiohttp server in the test's loop) that answers a vLLM-shaped stream in the pieces each test chooses,
-a pause between pieces, so that what one read of the gateway gets is known."""
+gateway's HTTP protocol; a recorder under the protocol keeps every write. The engine is the labelled
+stand-in of test_adapters_http (an aiohttp server in the test's loop) answering a vLLM-shaped stream in
+the pieces each test chooses, a pause between pieces, so that what one read of the gateway gets is
+known."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from aiohttp import web
 
 from backends.launchers.process import free_port
 from gateway.app import create_app
@@ -32,6 +31,7 @@ from gateway.service import Gateway
 from gateway.settings import parse_settings
 from gateway.tenancy import Lease
 from gateway.types import GenerateRequest, Usage
+from tests.unit.test_adapters_http import FakeEngine, Reply
 from tests.unit.test_http_protocol import RecordingTransport
 
 MODEL = "m"
@@ -50,61 +50,25 @@ USAGE = b"data: " + json.dumps({"id": "cmpl-1", "object": "text_completion", "cr
 DONE = b"data: [DONE]\n\n"
 
 
-class StandInEngine:
-    """Stand-in for a vLLM server (not a real engine): ``/v1/completions`` answers ``pieces``, each in one
-    write, ``GAP_S`` apart; ``/health`` and ``/metrics`` answer as an idle vLLM would."""
+WHOLE_ANSWER = json.dumps({"id": "cmpl-1", "object": "text_completion", "created": 1, "model": MODEL,
+                           "choices": [{"index": 0, "text": "abc", "finish_reason": "length"}],
+                           "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}}).encode()
 
-    def __init__(self) -> None:
-        self.pieces: list[bytes] = []
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/v1/completions", self._complete)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, shutdown_timeout=1)
-        await self._runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        await web.SockSite(self._runner, sock).start()
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    @staticmethod
-    async def _health(_: web.Request) -> web.Response:
-        return web.Response(text="")
-
-    @staticmethod
-    async def _metrics(_: web.Request) -> web.Response:
-        return web.Response(text="vllm:num_requests_running 0\n")
-
-    async def _complete(self, request: web.Request) -> web.StreamResponse:
-        if not (await request.json()).get("stream"):
-            return web.json_response({
-                "id": "cmpl-1", "object": "text_completion", "created": 1, "model": MODEL,
-                "choices": [{"index": 0, "text": "abc", "finish_reason": "length"}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}})
-        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await response.prepare(request)
-        for index, piece in enumerate(self.pieces):
-            if index:
-                await asyncio.sleep(GAP_S)
-            await response.write(piece)
-        await response.write_eof()
-        return response
+def answer_in_pieces(engine: FakeEngine, pieces: list[bytes]) -> None:
+    """The engine's stream, each piece in one write, ``GAP_S`` apart."""
+    engine.replies["/v1/completions"] = Reply(chunks=pieces, gap_s=GAP_S)
 
 
 @pytest.fixture
-async def engine() -> AsyncIterator[StandInEngine]:
-    stand_in = StandInEngine()
-    await stand_in.start()
-    yield stand_in
-    await stand_in.stop()
+async def engine() -> AsyncIterator[FakeEngine]:
+    """The labelled stand-in vLLM server of test_adapters_http, answering as an idle vLLM on its probes."""
+    fake = FakeEngine()
+    fake.replies["/health"] = Reply(content_type="text/plain")
+    fake.replies["/metrics"] = Reply(content_type="text/plain", chunks=[b"vllm:num_requests_running 0\n"])
+    await fake.start()
+    yield fake
+    await fake.stop()
 
 
 @dataclass
@@ -115,7 +79,7 @@ class InProcess:
 
 
 @pytest.fixture
-async def gateway(engine: StandInEngine) -> AsyncIterator[InProcess]:
+async def gateway(engine: FakeEngine) -> AsyncIterator[InProcess]:
     writes: list[bytes] = []
 
     class Recorded(GatewayHttpProtocol):
@@ -164,10 +128,10 @@ async def stream_writes(served: InProcess, dialect: str) -> tuple[list[bytes], l
     return list(writes), events
 
 
-async def test_events_read_together_leave_together(engine: StandInEngine,
+async def test_events_read_together_leave_together(engine: FakeEngine,
                                                    gateway: InProcess) -> None:
-    engine.pieces = [completion_event("a") + completion_event("b"),
-                     completion_event("c", "length") + USAGE + DONE]
+    answer_in_pieces(engine, [completion_event("a") + completion_event("b"),
+                              completion_event("c", "length") + USAGE + DONE])
     writes, events = await stream_writes(gateway, "openai")
     assert [json.loads(e)["choices"][0]["text"] for e in events[:3]] == ["a", "b", "c"]
     assert json.loads(events[3])["usage"]["completion_tokens"] == 3 and events[4] == "[DONE]"
@@ -179,12 +143,12 @@ async def test_events_read_together_leave_together(engine: StandInEngine,
 
 
 @pytest.mark.parametrize(("dialect", "expected_writes"), [("openai", 3), ("native", 3), ("tgi", 3)])
-async def test_a_burst_is_one_write_in_every_dialect(engine: StandInEngine, gateway: InProcess,
+async def test_a_burst_is_one_write_in_every_dialect(engine: FakeEngine, gateway: InProcess,
                                                      dialect: str, expected_writes: int) -> None:
     """The whole answer in one read: the head, the events, and the last event with the body's end (TGI
     holds its finishing token for the last event, which carries the details)."""
-    engine.pieces = [completion_event("a") + completion_event("b") + completion_event("c", "length") + USAGE
-                     + DONE]
+    answer_in_pieces(engine, [completion_event("a") + completion_event("b") + completion_event("c", "length")
+                              + USAGE + DONE])
     writes, events = await stream_writes(gateway, dialect)
     assert len(writes) == expected_writes, writes
     assert writes[-1].endswith(b"\r\n0\r\n\r\n")
@@ -206,9 +170,11 @@ def served_ok(served: InProcess) -> float | None:
     return served.gateway.prometheus.get_sample_value("gateway_requests_total", labels)
 
 
-async def test_a_whole_answer_leaves_before_its_request_is_recorded(gateway: InProcess) -> None:
+async def test_a_whole_answer_leaves_before_its_request_is_recorded(engine: FakeEngine,
+                                                                   gateway: InProcess) -> None:
     """The metrics and the settlement are off the answer's path: the client has its answer while the
     recording is still held, and the request is recorded once it is let go."""
+    engine.replies["/v1/completions"] = Reply(content_type="application/json", chunks=[WHOLE_ANSWER])
     release, recorded = asyncio.Event(), asyncio.Event()
     pipeline = gateway.gateway.pipeline
     real = pipeline.on_done
@@ -235,7 +201,8 @@ async def test_a_whole_answer_leaves_before_its_request_is_recorded(gateway: InP
 
 
 async def test_a_request_whose_answer_fails_to_render_is_still_recorded(
-        gateway: InProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+        engine: FakeEngine, gateway: InProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine.replies["/v1/completions"] = Reply(content_type="application/json", chunks=[WHOLE_ANSWER])
     def broken(*_: Any) -> bytes:
         raise RuntimeError("rendering bug")
 
