@@ -112,9 +112,9 @@ class DataPlane:
         if isinstance(reply, Reply):
             # A whole answer says its length: no chunked framing, and the server sends the head with the
             # body in one write (http_protocol.py holds only heads with a length).
-            head = _raw(reply.headers)
-            head.append((b"content-length", b"%d" % len(reply.body)))
             try:
+                head = _raw(reply.headers)
+                head.append((b"content-length", b"%d" % len(reply.body)))
                 await send({"type": "http.response.start", "status": reply.status, "headers": head})
                 await send({"type": "http.response.body", "body": reply.body})
             finally:
