@@ -12,6 +12,7 @@ known."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from backends.launchers.process import free_port
 from gateway.app import create_app
@@ -78,13 +80,14 @@ class InProcess:
     gateway: Gateway
 
 
-@pytest.fixture
-async def gateway(engine: FakeEngine) -> AsyncIterator[InProcess]:
+@contextlib.asynccontextmanager
+async def served(engine: FakeEngine, protocol: type[HttpToolsProtocol]) -> AsyncIterator[InProcess]:
+    """The gateway in front of ``engine``, served by uvicorn with ``protocol`` under a write recorder."""
     writes: list[bytes] = []
 
-    class Recorded(GatewayHttpProtocol):
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(RecordingTransport(transport, writes))  # type: ignore[arg-type]
+    class Recorded(protocol):  # type: ignore[valid-type,misc]
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(RecordingTransport(transport, writes))
 
     backend = {"name": "e", "kind": "vllm", "url": engine.url, "models": [MODEL]}
     settings = parse_settings({"backends": [backend], "server": {"log_level": "warning"}})
@@ -99,9 +102,17 @@ async def gateway(engine: FakeEngine) -> AsyncIterator[InProcess]:
             break
         await asyncio.sleep(0.01)
     assert server.started
-    yield InProcess(f"http://127.0.0.1:{port}", writes, built)
-    server.should_exit = True
-    await task
+    try:
+        yield InProcess(f"http://127.0.0.1:{port}", writes, built)
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def gateway(engine: FakeEngine) -> AsyncIterator[InProcess]:
+    async with served(engine, GatewayHttpProtocol) as gateway:
+        yield gateway
 
 
 ROUTES: dict[str, dict[str, Any]] = {
@@ -211,3 +222,25 @@ async def test_a_request_whose_answer_fails_to_render_is_still_recorded(
         response = await client.post("/v1/completions", json=WHOLE)
     assert response.status_code == 500 and response.json()["error"]["message"] == "internal error"
     assert served_ok(gateway) == 1
+
+
+@pytest.mark.parametrize("protocol", [GatewayHttpProtocol, HttpToolsProtocol],
+                         ids=["gateway protocol: disconnect hook", "plain uvicorn: receive() watcher"])
+async def test_a_client_leaving_a_stream_closes_the_engine_request(engine: FakeEngine,
+                                                                   protocol: type[HttpToolsProtocol]) -> None:
+    """Leaving after the first event closes the engine request at once and returns the in-flight count, over
+    the gateway's own protocol (its disconnect hook) and under plain uvicorn (a task awaiting receive())."""
+    engine.replies["/v1/completions"] = Reply(chunks=[completion_event("a")], then="stall")
+    async with served(engine, protocol) as gateway:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+            async with client.stream("POST", "/v1/completions", json=ROUTES["openai"]["body"]) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        break  # the engine keeps the stream open: only the client's leaving ends it
+        await asyncio.wait_for(engine.client_left.wait(), 5)
+        backend = gateway.gateway.registry["e"]
+        for _ in range(100):
+            if backend.in_flight == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert backend.in_flight == 0
