@@ -21,7 +21,6 @@ import msgspec
 
 from gateway.client_schemas import decode_json, parse_chat, parse_completion, parse_native, parse_tgi
 from gateway.errors import GatewayError, PayloadTooLargeError
-from gateway.http_protocol import DISCONNECT_EXTENSION
 from gateway.loop_bound import LoopRef
 from gateway.pipeline import Record
 from gateway.relay import FinalChunk, relay_native, relay_openai, relay_tgi
@@ -122,7 +121,7 @@ class DataPlane:
                 if reply.after is not None:
                     await _record(reply.after, scope["path"])
         else:
-            await self._stream(reply, scope, receive, send)
+            await self._stream(reply, receive, send)
 
     async def _read_body(self, headers: Mapping[str, str], receive: Receive) -> bytes:
         length = headers.get("content-length")
@@ -143,32 +142,19 @@ class DataPlane:
             if not message.get("more_body"):
                 return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def _stream(self, reply: StreamReply, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _stream(self, reply: StreamReply, receive: Receive, send: Send) -> None:
         """Send the stream; a client disconnect cancels it (the relay's ``finally`` cleans up). A
-        ``FinalChunk`` goes out with the end of the body. The gateway's own server protocol reports the
-        disconnect through a hook; under another ASGI server a task waits on ``receive()`` for it."""
+        ``FinalChunk`` goes out with the end of the body."""
         loop = self._loop.get()
         task = asyncio.current_task(loop)
         assert task is not None
-        gone = False
 
-        def client_gone() -> None:
-            nonlocal gone
-            gone = True
+        async def watch_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
             task.cancel()
 
-        extensions = scope.get("extensions")
-        watch = extensions.get(DISCONNECT_EXTENSION) if extensions else None
-        watcher: asyncio.Task[None] | None = None
-        if watch is not None:
-            watch(client_gone)
-        else:
-            async def watch_disconnect() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                client_gone()
-
-            watcher = loop.create_task(watch_disconnect())
+        watcher = loop.create_task(watch_disconnect())
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _raw(reply.headers)})
             async for chunk in reply.chunks:
@@ -178,14 +164,11 @@ class DataPlane:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not gone:
+            if not watcher.done():
                 raise
             task.uncancel()  # the client left: nothing more to do
         finally:
-            if watch is not None:
-                watch(None)
-            elif watcher is not None:
-                watcher.cancel()
+            watcher.cancel()
             aclose = getattr(reply.chunks, "aclose", None)
             if aclose is not None:
                 await aclose()

@@ -1,6 +1,5 @@
 """The gateway's HTTP/1.1 server protocol: uvicorn's httptools protocol, with the head of each answer
-that has a ``content-length`` sent in the same ``write`` as its body, and a hook that tells the app when
-its client's connection is lost.
+that has a ``content-length`` sent in the same ``write`` as its body.
 
 Why: uvicorn writes a response's status line and headers as soon as the app sends
 ``http.response.start``, then its body in a second ``write`` system call, so every non-stream answer
@@ -11,17 +10,11 @@ request) or the connection closes. Heads without one (streams, whose first event
 and ``100 Continue``) go out at once, as before. No callback is scheduled per response: an A/B showed
 that flushing at the loop's next turn cost more at concurrency 1 (+2.5% CPU, +0.02 ms) than the saved
 system call. Bytes always leave in the order they were written.
-
-The disconnect hook: ASGI apps learn of a lost client by awaiting ``receive()``, which for a stream means a
-task per response waiting beside it (about 3% of a stream's CPU, measured by removing it). Each request's
-scope carries ``extensions[DISCONNECT_EXTENSION]``, a function taking a callback (or None to stop): the
-callback is called once if the connection is lost while it is set.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -29,7 +22,6 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 _HEAD_START = b"HTTP/1."
 _HEAD_END = b"\r\n\r\n"
 _LENGTH = b"\r\ncontent-length:"  # uvicorn writes header names in lower case
-DISCONNECT_EXTENSION = "llm_gateway.on_disconnect"
 
 
 class HeadJoiningTransport:
@@ -84,30 +76,13 @@ class HeadJoiningTransport:
 
 class GatewayHttpProtocol(HttpToolsProtocol):
     """uvicorn's ``httptools`` protocol over a ``HeadJoiningTransport``, flushed when each response
-    completes (a response may end without a body write: HEAD, an empty body), with the disconnect hook."""
+    completes (a response may end without a body write: HEAD, an empty body)."""
 
     _joining: HeadJoiningTransport
-    _on_lost: Callable[[], None] | None
-    _extensions: dict[str, Any]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._joining = HeadJoiningTransport(transport)
-        self._on_lost = None
-        self._extensions = {DISCONNECT_EXTENSION: self._watch_disconnect}  # one per connection
         super().connection_made(self._joining)  # type: ignore[arg-type]
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self.scope["extensions"] = self._extensions  # type: ignore[typeddict-unknown-key]
-
-    def _watch_disconnect(self, callback: Callable[[], None] | None) -> None:
-        self._on_lost = callback
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        callback, self._on_lost = self._on_lost, None
-        super().connection_lost(exc)
-        if callback is not None:
-            callback()
 
     def on_response_complete(self) -> None:
         self._joining.flush()

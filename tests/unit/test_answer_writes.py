@@ -225,11 +225,11 @@ async def test_a_request_whose_answer_fails_to_render_is_still_recorded(
 
 
 @pytest.mark.parametrize("protocol", [GatewayHttpProtocol, HttpToolsProtocol],
-                         ids=["gateway protocol: disconnect hook", "plain uvicorn: receive() watcher"])
+                         ids=["gateway protocol", "plain uvicorn"])
 async def test_a_client_leaving_a_stream_closes_the_engine_request(engine: FakeEngine,
                                                                    protocol: type[HttpToolsProtocol]) -> None:
-    """Leaving after the first event closes the engine request at once and returns the in-flight count, over
-    the gateway's own protocol (its disconnect hook) and under plain uvicorn (a task awaiting receive())."""
+    """Leaving after the first event closes the engine request at once and returns the in-flight count,
+    over the gateway's own server protocol and under plain uvicorn."""
     engine.replies["/v1/completions"] = Reply(chunks=[completion_event("a")], then="stall")
     async with served(engine, protocol) as gateway:
         async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
