@@ -144,14 +144,17 @@ class DataPlane:
 
     async def _stream(self, reply: StreamReply, receive: Receive, send: Send) -> None:
         """Send the stream; a client disconnect cancels it (the relay's ``finally`` cleans up). A
-        ``FinalChunk`` goes out with the end of the body."""
+        ``FinalChunk`` goes out with the end of the body; closing the relay then records the request."""
         loop = self._loop.get()
         task = asyncio.current_task(loop)
         assert task is not None
+        gone = False
 
         async def watch_disconnect() -> None:
+            nonlocal gone
             while (await receive())["type"] != "http.disconnect":
                 pass
+            gone = True
             task.cancel()
 
         watcher = loop.create_task(watch_disconnect())
@@ -159,12 +162,15 @@ class DataPlane:
             await send({"type": "http.response.start", "status": 200, "headers": _raw(reply.headers)})
             async for chunk in reply.chunks:
                 if isinstance(chunk, FinalChunk):
+                    # Once the body has ended, receive() answers "disconnect": stop watching first, so that
+                    # recording the request (closing the relay, below) is not cancelled.
+                    watcher.cancel()
                     await send({"type": "http.response.body", "body": chunk, "more_body": False})
                     return
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not watcher.done():
+            if not gone:
                 raise
             task.uncancel()  # the client left: nothing more to do
         finally:

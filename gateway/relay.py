@@ -6,9 +6,8 @@ the gateway writes (several events per read) costs fewer system calls. The last 
 ``FinalChunk``.
 
 Every relay closes the upstream attempt in ``finally`` (client disconnect cancels the generator, which
-closes the engine connection and returns the in-flight count), reports the outcome to a callback
-before its last bytes, and turns an engine failure after the first byte into the dialect's error
-event."""
+closes the engine connection and returns the in-flight count), reports the outcome to a callback, and
+turns an engine failure after the first byte into the dialect's error event."""
 
 from __future__ import annotations
 
@@ -32,9 +31,9 @@ from gateway.types import Delta, GenerateRequest, Usage
 
 
 class FinalChunk(bytes):
-    """A relay's last bytes, yielded once the attempt is closed and the outcome reported (so a client that
-    saw the end of the body sees its request settled): the data plane sends them with the end of the
-    body, in one write where uvicorn would write the chunked body's terminator on its own. Nothing
+    """A relay's last bytes: the data plane sends them with the end of the body, in one write where
+    uvicorn would write the chunked body's terminator on its own, then closes the relay, whose ``finally``
+    closes the attempt and reports the outcome (off the answer's path, as for a whole answer). Nothing
     follows them."""
 
 
@@ -64,28 +63,29 @@ async def relay_openai(attempt: Attempt, request: GenerateRequest, renderer: Ope
     chunks = 0
     clock = _ChunkClock(metrics, request.model)
     try:
-        async for batch in attempt.batches():
-            out: list[bytes] = []
-            for event in batch:
-                if isinstance(event, Delta):
-                    clock.tick()
-                    chunks += 1
-                    out.append(renderer.chunk(event))
-                else:
-                    usage = event
-                    if request.include_usage:
-                        usage_chunk = renderer.usage_chunk(event)
-            if out:
-                yield out[0] if len(out) == 1 else b"".join(out)
-        outcome = "ok"
-        final = FinalChunk(usage_chunk + DONE)
-    except GatewayError as exc:
-        outcome = "stream_error"
-        final = FinalChunk(usage_chunk + renderer.error_event(exc) + DONE)
+        try:
+            async for batch in attempt.batches():
+                out: list[bytes] = []
+                for event in batch:
+                    if isinstance(event, Delta):
+                        clock.tick()
+                        chunks += 1
+                        out.append(renderer.chunk(event))
+                    else:
+                        usage = event
+                        if request.include_usage:
+                            usage_chunk = renderer.usage_chunk(event)
+                if out:
+                    yield out[0] if len(out) == 1 else b"".join(out)
+            outcome = "ok"
+            final = FinalChunk(usage_chunk + DONE)
+        except GatewayError as exc:
+            outcome = "stream_error"
+            final = FinalChunk(usage_chunk + renderer.error_event(exc) + DONE)
+        yield final
     finally:
         await attempt.close()
         await on_done(attempt.backend.name, usage, outcome, chunks)
-    yield final
 
 
 async def relay_native(attempt: Attempt, request: GenerateRequest, on_done: OnDone) -> AsyncIterator[bytes]:
@@ -95,27 +95,28 @@ async def relay_native(attempt: Attempt, request: GenerateRequest, on_done: OnDo
     outcome = "cancelled"
     chunks = 0
     try:
-        async for batch in attempt.batches():
-            out: list[bytes] = []
-            for event in batch:
-                if isinstance(event, Usage):
-                    usage = event
-                    continue
-                finish_reason = event.finish_reason or finish_reason
-                if event.text:
-                    chunks += 1
-                    out.append(native_delta(event.text))
-            if out:
-                yield out[0] if len(out) == 1 else b"".join(out)
-        outcome = "ok"
-        final = FinalChunk(native_final("", usage.completion_tokens if usage else 0, finish_reason))
-    except GatewayError as exc:
-        outcome = "stream_error"
-        final = FinalChunk(native_error(exc))
+        try:
+            async for batch in attempt.batches():
+                out: list[bytes] = []
+                for event in batch:
+                    if isinstance(event, Usage):
+                        usage = event
+                        continue
+                    finish_reason = event.finish_reason or finish_reason
+                    if event.text:
+                        chunks += 1
+                        out.append(native_delta(event.text))
+                if out:
+                    yield out[0] if len(out) == 1 else b"".join(out)
+            outcome = "ok"
+            final = FinalChunk(native_final("", usage.completion_tokens if usage else 0, finish_reason))
+        except GatewayError as exc:
+            outcome = "stream_error"
+            final = FinalChunk(native_error(exc))
+        yield final
     finally:
         await attempt.close()
         await on_done(attempt.backend.name, usage, outcome, chunks)
-    yield final
 
 
 async def relay_tgi(attempt: Attempt, request: GenerateRequest, on_done: OnDone) -> AsyncIterator[bytes]:
@@ -129,34 +130,35 @@ async def relay_tgi(attempt: Attempt, request: GenerateRequest, on_done: OnDone)
     parts: list[str] = []
     outcome = "cancelled"
     try:
-        async for batch in attempt.batches():
-            out: list[bytes] = []
-            for event in batch:
-                if isinstance(event, Usage):
-                    usage = event
-                    continue
-                parts.append(event.text)
-                if event.finish_reason is not None:
-                    finish_reason = event.finish_reason
-                    last_text = event.text
-                elif event.text:
-                    index += 1
-                    out.append(tgi_stream_token(index, event.text))
-            if out:
-                yield out[0] if len(out) == 1 else b"".join(out)
-        outcome = "ok"
-        details = {
-            "finish_reason": tgi_finish_reason(finish_reason, request.stop, ""),
-            "generated_tokens": usage.completion_tokens if usage else index,
-            "input_length": usage.prompt_tokens if usage else 0,
-            "seed": request.seed,
-        }
-        final = FinalChunk(tgi_stream_token(index + 1, last_text, generated_text="".join(parts),
-                                            details=details, special=not last_text))
-    except GatewayError as exc:
-        outcome = "stream_error"
-        final = FinalChunk(tgi_error_event(exc))
+        try:
+            async for batch in attempt.batches():
+                out: list[bytes] = []
+                for event in batch:
+                    if isinstance(event, Usage):
+                        usage = event
+                        continue
+                    parts.append(event.text)
+                    if event.finish_reason is not None:
+                        finish_reason = event.finish_reason
+                        last_text = event.text
+                    elif event.text:
+                        index += 1
+                        out.append(tgi_stream_token(index, event.text))
+                if out:
+                    yield out[0] if len(out) == 1 else b"".join(out)
+            outcome = "ok"
+            details = {
+                "finish_reason": tgi_finish_reason(finish_reason, request.stop, ""),
+                "generated_tokens": usage.completion_tokens if usage else index,
+                "input_length": usage.prompt_tokens if usage else 0,
+                "seed": request.seed,
+            }
+            final = FinalChunk(tgi_stream_token(index + 1, last_text, generated_text="".join(parts),
+                                                details=details, special=not last_text))
+        except GatewayError as exc:
+            outcome = "stream_error"
+            final = FinalChunk(tgi_error_event(exc))
+        yield final
     finally:
         await attempt.close()
         await on_done(attempt.backend.name, usage, outcome, index)
-    yield final

@@ -181,13 +181,11 @@ def served_ok(served: InProcess) -> float | None:
     return served.gateway.prometheus.get_sample_value("gateway_requests_total", labels)
 
 
-async def test_a_whole_answer_leaves_before_its_request_is_recorded(engine: FakeEngine,
-                                                                   gateway: InProcess) -> None:
-    """The metrics and the settlement are off the answer's path: the client has its answer while the
-    recording is still held, and the request is recorded once it is let go."""
-    engine.replies["/v1/completions"] = Reply(content_type="application/json", chunks=[WHOLE_ANSWER])
+def hold_recording(served: InProcess) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make the gateway's recording of each request (metrics, settlement) wait for the first event;
+    the second is set once a request is recorded."""
     release, recorded = asyncio.Event(), asyncio.Event()
-    pipeline = gateway.gateway.pipeline
+    pipeline = served.gateway.pipeline
     real = pipeline.on_done
 
     def held(request: GenerateRequest, dialect: str, lease: Lease, started: float) -> OnDone:
@@ -200,6 +198,15 @@ async def test_a_whole_answer_leaves_before_its_request_is_recorded(engine: Fake
         return later
 
     pipeline.on_done = held  # type: ignore[method-assign]
+    return release, recorded
+
+
+async def test_a_whole_answer_leaves_before_its_request_is_recorded(engine: FakeEngine,
+                                                                   gateway: InProcess) -> None:
+    """The metrics and the settlement are off the answer's path: the client has its answer while the
+    recording is still held, and the request is recorded once it is let go."""
+    engine.replies["/v1/completions"] = Reply(content_type="application/json", chunks=[WHOLE_ANSWER])
+    release, recorded = hold_recording(gateway)
     try:
         async with httpx.AsyncClient(base_url=gateway.url, timeout=3) as client:
             response = await client.post("/v1/completions", json=WHOLE)
@@ -209,6 +216,22 @@ async def test_a_whole_answer_leaves_before_its_request_is_recorded(engine: Fake
         release.set()
     await asyncio.wait_for(recorded.wait(), 5)
     assert served_ok(gateway) == 1
+
+
+@pytest.mark.parametrize("dialect", ["openai", "native", "tgi"])
+async def test_a_stream_ends_before_its_request_is_recorded(engine: FakeEngine, gateway: InProcess,
+                                                            dialect: str) -> None:
+    """As for a whole answer: the client reads the stream to its end while the recording is held."""
+    answer_in_pieces(engine, [completion_event("a") + completion_event("b", "length") + USAGE + DONE])
+    release, recorded = hold_recording(gateway)
+    try:
+        _, events = await asyncio.wait_for(stream_writes(gateway, dialect), 3)
+        assert len(events) >= 2 and not recorded.is_set()  # TGI: "a", then "b" with the details
+    finally:
+        release.set()
+    await asyncio.wait_for(recorded.wait(), 5)
+    backend = gateway.gateway.registry["e"]
+    assert backend.in_flight == 0
 
 
 async def test_a_request_whose_answer_fails_to_render_is_still_recorded(
