@@ -34,7 +34,7 @@ from gateway.settings import parse_settings
 from gateway.tenancy import Lease
 from gateway.types import GenerateRequest, Usage
 from tests.unit.test_adapters_http import FakeEngine, Reply
-from tests.unit.test_http_protocol import RecordingTransport
+from tests.unit.test_http_protocol import RecordingTransport, serving
 
 MODEL = "m"
 GAP_S = 0.05  # between two pieces of the engine's answer: long enough that each is its own read
@@ -93,20 +93,10 @@ async def served(engine: FakeEngine, protocol: type[HttpToolsProtocol]) -> Async
     settings = parse_settings({"backends": [backend], "server": {"log_level": "warning"}})
     port = free_port()
     built = build_gateway(settings, {"e": engine.url})
-    server = uvicorn.Server(uvicorn.Config(create_app(built), host="127.0.0.1", port=port, http=Recorded,
-                                           loop="none", log_level="warning", lifespan="on",
-                                           timeout_graceful_shutdown=5))
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    assert server.started
-    try:
+    config = uvicorn.Config(create_app(built), host="127.0.0.1", port=port, http=Recorded, loop="none",
+                            log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+    async with serving(config):
         yield InProcess(f"http://127.0.0.1:{port}", writes, built)
-    finally:
-        server.should_exit = True
-        await task
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ over a real socket; only the count of writes is read from a recorder placed unde
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -62,16 +63,25 @@ async def server() -> AsyncIterator[tuple[str, list[bytes]]]:
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, http=Recorded, loop="none", log_level="warning",
                             lifespan="off")
-    userver = uvicorn.Server(config)
-    task = asyncio.create_task(userver.serve())
+    async with serving(config):
+        yield f"http://127.0.0.1:{port}", writes
+
+
+@contextlib.asynccontextmanager
+async def serving(config: uvicorn.Config) -> AsyncIterator[None]:
+    """A uvicorn server for ``config`` in this loop, started on the way in and stopped on the way out."""
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
     for _ in range(500):
-        if userver.started:
+        if server.started:
             break
         await asyncio.sleep(0.01)
-    assert userver.started
-    yield f"http://127.0.0.1:{port}", writes
-    userver.should_exit = True
-    await task
+    assert server.started
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task
 
 
 async def test_head_and_body_of_an_answer_go_out_in_one_write(server: tuple[str, list[bytes]]) -> None:
