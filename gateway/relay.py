@@ -58,7 +58,6 @@ async def relay_openai(attempt: Attempt, request: GenerateRequest, renderer: Ope
     """OpenAI SSE: one chunk per engine event. The usage chunk (when asked for) leaves with ``[DONE]`` and
     the end of the body: the usage is the stream's last event, handed out once the engine's stream ended."""
     usage: Usage | None = None
-    usage_chunk = b""
     outcome = "cancelled"
     chunks = 0
     clock = _ChunkClock(metrics, request.model)
@@ -73,16 +72,15 @@ async def relay_openai(attempt: Attempt, request: GenerateRequest, renderer: Ope
                         out.append(renderer.chunk(event))
                     else:
                         usage = event
-                        if request.include_usage:
-                            usage_chunk = renderer.usage_chunk(event)
                 if out:
                     yield out[0] if len(out) == 1 else b"".join(out)
             outcome = "ok"
-            final = FinalChunk(usage_chunk + DONE)
+            last = DONE
         except GatewayError as exc:
             outcome = "stream_error"
-            final = FinalChunk(usage_chunk + renderer.error_event(exc) + DONE)
-        yield final
+            last = renderer.error_event(exc) + DONE
+        yield FinalChunk(renderer.usage_chunk(usage) + last if usage is not None and request.include_usage
+                         else last)
     finally:
         await attempt.close()
         await on_done(attempt.backend.name, usage, outcome, chunks)
