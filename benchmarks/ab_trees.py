@@ -46,7 +46,7 @@ import yaml
 
 from backends.launchers.process import ProcessLauncher, free_port
 from benchmarks.loadgen.results import git_state, machine_info, write_json
-from benchmarks.overhead import MODEL, drop_redis_keys
+from benchmarks.overhead import drop_redis_keys, sim_engine_command
 from benchmarks.pipeline_cost import (
     GATEWAY_CORE,
     VARIANTS,
@@ -105,10 +105,7 @@ def start_sim_engine(log_dir: Path, step_s: float = 0.0) -> ProcessLauncher:
     """The simulator (vLLM dialect) pinned to core 1, as ``overhead.py`` runs it: instant steps, or each
     engine step taking ``step_s`` (one token per stream per step, as a real engine sends them)."""
     port = free_port()
-    timing = ["--step-overhead", str(step_s)] if step_s else []
-    return start("engine", ["taskset", "-c", "1", sys.executable, "-m", "backends.sim", "--dialect", "vllm",
-                            "--model", MODEL, "--profile", "instant", *timing, "--max-num-seqs", "512",
-                            "--port", str(port)], port, log_dir)
+    return start("engine", ["taskset", "-c", "1", *sim_engine_command(port, step_s)], port, log_dir)
 
 
 def measure(trees: dict[str, Path], variant: str, connections: list[int], rounds: int, seconds: float,

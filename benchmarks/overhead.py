@@ -55,6 +55,14 @@ def cpu_seconds(pid: int) -> float:
 SHARED_REDIS_URL = "redis://127.0.0.1:6379"
 
 
+def sim_engine_command(port: int, step_s: float = 0.0) -> list[str]:
+    """The bar benchmark's engine: the simulator, vLLM dialect, instant steps, or each step ``step_s``
+    long (one token per stream per step, as a real engine sends them)."""
+    timing = ["--step-overhead", str(step_s)] if step_s else []
+    return [sys.executable, "-m", "backends.sim", "--dialect", "vllm", "--model", MODEL,
+            "--profile", "instant", *timing, "--max-num-seqs", "512", "--port", str(port)]
+
+
 def gateway_config(engine_url: str, full: bool, prefix: str, speculative: bool = True,
                    redis_url: str = SHARED_REDIS_URL) -> tuple[dict[str, Any], str | None]:
     backend = {"name": "engine", "kind": "vllm", "url": engine_url, "models": [MODEL]}
@@ -225,9 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     n, rounds = (100, 2) if args.quick else (300, 3)
     log_dir = Path(tempfile.mkdtemp(prefix="overhead-"))
     engine_port = free_port()
-    engine = start("engine", [sys.executable, "-m", "backends.sim", "--dialect", "vllm", "--model", MODEL,
-                              "--profile", "instant", "--max-num-seqs", "512", "--port", str(engine_port)],
-                   engine_port, log_dir, core=1)
+    engine = start("engine", sim_engine_command(engine_port), engine_port, log_dir, core=1)
     results: dict[str, Any] = {
         "settings": {"concurrencies": concurrencies, "requests_per_batch": n, "rounds": rounds,
                      "workload": "uniform, 64 words in, 16 tokens out, ignore_eos",

@@ -39,7 +39,14 @@ from typing import Any
 import yaml
 
 from backends.launchers.process import free_port
-from benchmarks.overhead import MODEL, RESULTS, batch, drop_redis_keys, gateway_config, start
+from benchmarks.overhead import (
+    RESULTS,
+    batch,
+    drop_redis_keys,
+    gateway_config,
+    sim_engine_command,
+    start,
+)
 
 # Innermost frame first wins: the first rule whose marker is in a frame's file path names the part.
 PARTS: tuple[tuple[str, str], ...] = (
@@ -139,12 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     # The recorded profiles are at the default concurrency and instant steps; others get their own file.
     name = (f"profile_{args.pipeline}_{mode}" + ("" if args.concurrency == 16 else f"_c{args.concurrency}")
             + (f"_steps{args.engine_step_ms:g}ms" if args.engine_step_ms else ""))
-    timing = ["--step-overhead", str(args.engine_step_ms / 1000)] if args.engine_step_ms else []
     log_dir = Path(tempfile.mkdtemp(prefix="profile-"))
     engine_port = free_port()
-    engine = start("engine", [sys.executable, "-m", "backends.sim", "--dialect", "vllm", "--model", MODEL,
-                              "--profile", "instant", *timing, "--max-num-seqs", "512", "--port",
-                              str(engine_port)], engine_port, log_dir, core=1)
+    engine = start("engine", sim_engine_command(engine_port, args.engine_step_ms / 1000), engine_port,
+                   log_dir, core=1)
     try:
         config, api_key = gateway_config(engine.url, args.pipeline == "full", f"profile-{os.getpid()}:")
         config_path = log_dir / "gateway.yaml"
