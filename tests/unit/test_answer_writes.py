@@ -5,9 +5,9 @@ settlement), which still happens, also when rendering the answer fails.
 
 The gateway is the real one, built in-process by the composition root and served by real uvicorn with the
 gateway's HTTP protocol; a recorder under the protocol keeps every write. The engine is the labelled
-stand-in of test_adapters_http (an aiohttp server in the test's loop) answering a vLLM-shaped stream in
-the pieces each test chooses, a pause between pieces, so that what one read of the gateway gets is
-known."""
+stand-in of tests/support/fake_engine.py (an aiohttp server in the test's loop) answering a vLLM-shaped
+stream in the pieces each test chooses, a pause between pieces, so that what one read of the gateway
+gets is known."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ from gateway.service import Gateway
 from gateway.settings import parse_settings
 from gateway.tenancy import Lease
 from gateway.types import GenerateRequest, Usage
-from tests.unit.test_adapters_http import FakeEngine, Reply
-from tests.unit.test_http_protocol import RecordingTransport, serving
+from tests.support.fake_engine import FakeEngine, Reply
+from tests.support.uvicorn_server import RecordingTransport, serving
 
 MODEL = "m"
 GAP_S = 0.05  # between two pieces of the engine's answer: long enough that each is its own read

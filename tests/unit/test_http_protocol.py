@@ -5,7 +5,6 @@ over a real socket; only the count of writes is read from a recorder placed unde
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,21 +14,7 @@ import uvicorn
 
 from backends.launchers.process import free_port
 from gateway.http_protocol import GatewayHttpProtocol, HeadJoiningTransport
-
-
-class RecordingTransport:
-    """Passes every call to the real transport and keeps what was written, one entry per write."""
-
-    def __init__(self, transport: asyncio.Transport, writes: list[bytes]) -> None:
-        self._transport = transport
-        self._writes = writes
-
-    def write(self, data: bytes) -> None:
-        self._writes.append(bytes(data))
-        self._transport.write(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
+from tests.support.uvicorn_server import RecordingTransport, serving
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -65,23 +50,6 @@ async def server() -> AsyncIterator[tuple[str, list[bytes]]]:
                             lifespan="off")
     async with serving(config):
         yield f"http://127.0.0.1:{port}", writes
-
-
-@contextlib.asynccontextmanager
-async def serving(config: uvicorn.Config) -> AsyncIterator[None]:
-    """A uvicorn server for ``config`` in this loop, started on the way in and stopped on the way out."""
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    assert server.started
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def test_head_and_body_of_an_answer_go_out_in_one_write(server: tuple[str, list[bytes]]) -> None:
