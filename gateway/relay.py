@@ -5,7 +5,8 @@ still its own SSE event: a client write per read, not per event, so an engine th
 the gateway writes (several events per read) costs fewer system calls. The last piece is a
 ``FinalChunk``.
 
-Every relay closes the upstream attempt in ``finally`` (client disconnect cancels the generator, which
+One driver (``_relay``) does this for every dialect, which only renders (``_OpenAI``, ``_Native``,
+``_Tgi``). It closes the upstream attempt in ``finally`` (client disconnect cancels the generator, which
 closes the engine connection and returns the in-flight count), reports the outcome to a callback, and
 turns an engine failure after the first byte into the dialect's error event."""
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 from gateway.errors import GatewayError
 from gateway.forwarder import Attempt
@@ -53,110 +55,152 @@ class _ChunkClock:
         self._last = now
 
 
-async def relay_openai(attempt: Attempt, request: GenerateRequest, renderer: OpenAIRenderer,
-                       metrics: GatewayMetrics, on_done: OnDone) -> AsyncIterator[bytes]:
+class _Dialect(Protocol):
+    """How one client dialect renders a stream; ``_relay`` drives it."""
+
+    @property
+    def chunks(self) -> int:
+        """Text chunks relayed so far (the completion estimate when the engine reports no usage)."""
+        ...
+
+    def delta(self, delta: Delta) -> bytes | None:
+        """The bytes relaying ``delta`` now, if any."""
+        ...
+
+    def last(self, usage: Usage | None) -> bytes:
+        """The stream's last bytes once the engine's stream is complete."""
+        ...
+
+    def failed(self, usage: Usage | None, error: GatewayError) -> bytes:
+        """The stream's last bytes when the engine failed after the first byte."""
+        ...
+
+
+async def _relay(attempt: Attempt, dialect: _Dialect, on_done: OnDone) -> AsyncIterator[bytes]:
+    """One piece of bytes per engine batch that renders to any, then a ``FinalChunk``; the attempt is
+    closed and the outcome reported when the relay is closed (after the last piece) or cancelled."""
+    usage: Usage | None = None
+    outcome = "cancelled"
+    try:
+        try:
+            async for batch in attempt.batches():
+                out: list[bytes] = []
+                for event in batch:
+                    if isinstance(event, Usage):
+                        usage = event
+                    elif (piece := dialect.delta(event)) is not None:
+                        out.append(piece)
+                if out:
+                    yield out[0] if len(out) == 1 else b"".join(out)
+            outcome = "ok"
+            last = dialect.last(usage)
+        except GatewayError as exc:
+            outcome = "stream_error"
+            last = dialect.failed(usage, exc)
+        yield FinalChunk(last)
+    finally:
+        await attempt.close()
+        await on_done(attempt.backend.name, usage, outcome, dialect.chunks)
+
+
+class _OpenAI:
     """OpenAI SSE: one chunk per engine event. The usage chunk (when asked for) leaves with ``[DONE]`` and
     the end of the body: the usage is the stream's last event, handed out once the engine's stream ended."""
-    usage: Usage | None = None
-    outcome = "cancelled"
-    chunks = 0
-    clock = _ChunkClock(metrics, request.model)
-    try:
-        try:
-            async for batch in attempt.batches():
-                out: list[bytes] = []
-                for event in batch:
-                    if isinstance(event, Delta):
-                        clock.tick()
-                        chunks += 1
-                        out.append(renderer.chunk(event))
-                    else:
-                        usage = event
-                if out:
-                    yield out[0] if len(out) == 1 else b"".join(out)
-            outcome = "ok"
-            last = DONE
-        except GatewayError as exc:
-            outcome = "stream_error"
-            last = renderer.error_event(exc) + DONE
-        yield FinalChunk(renderer.usage_chunk(usage) + last if usage is not None and request.include_usage
-                         else last)
-    finally:
-        await attempt.close()
-        await on_done(attempt.backend.name, usage, outcome, chunks)
+
+    __slots__ = ("_clock", "_include_usage", "_renderer", "chunks")
+
+    def __init__(self, request: GenerateRequest, renderer: OpenAIRenderer, metrics: GatewayMetrics) -> None:
+        self._renderer = renderer
+        self._include_usage = request.include_usage
+        self._clock = _ChunkClock(metrics, request.model)
+        self.chunks = 0
+
+    def delta(self, delta: Delta) -> bytes:
+        self._clock.tick()
+        self.chunks += 1
+        return self._renderer.chunk(delta)
+
+    def last(self, usage: Usage | None) -> bytes:
+        return self._usage_chunk(usage) + DONE
+
+    def failed(self, usage: Usage | None, error: GatewayError) -> bytes:
+        return self._usage_chunk(usage) + self._renderer.error_event(error) + DONE
+
+    def _usage_chunk(self, usage: Usage | None) -> bytes:
+        return self._renderer.usage_chunk(usage) if usage is not None and self._include_usage else b""
 
 
-async def relay_native(attempt: Attempt, request: GenerateRequest, on_done: OnDone) -> AsyncIterator[bytes]:
+class _Native:
     """Native SSE: one event per text delta; the last carries ``finish_reason`` and ``tokens``."""
-    usage: Usage | None = None
-    finish_reason: str | None = None
-    outcome = "cancelled"
-    chunks = 0
-    try:
-        try:
-            async for batch in attempt.batches():
-                out: list[bytes] = []
-                for event in batch:
-                    if isinstance(event, Usage):
-                        usage = event
-                        continue
-                    finish_reason = event.finish_reason or finish_reason
-                    if event.text:
-                        chunks += 1
-                        out.append(native_delta(event.text))
-                if out:
-                    yield out[0] if len(out) == 1 else b"".join(out)
-            outcome = "ok"
-            final = FinalChunk(native_final("", usage.completion_tokens if usage else 0, finish_reason))
-        except GatewayError as exc:
-            outcome = "stream_error"
-            final = FinalChunk(native_error(exc))
-        yield final
-    finally:
-        await attempt.close()
-        await on_done(attempt.backend.name, usage, outcome, chunks)
+
+    __slots__ = ("_finish_reason", "chunks")
+
+    def __init__(self) -> None:
+        self._finish_reason: str | None = None
+        self.chunks = 0
+
+    def delta(self, delta: Delta) -> bytes | None:
+        self._finish_reason = delta.finish_reason or self._finish_reason
+        if not delta.text:
+            return None
+        self.chunks += 1
+        return native_delta(delta.text)
+
+    def last(self, usage: Usage | None) -> bytes:
+        return native_final("", usage.completion_tokens if usage else 0, self._finish_reason)
+
+    def failed(self, usage: Usage | None, error: GatewayError) -> bytes:
+        return native_error(error)
 
 
-async def relay_tgi(attempt: Attempt, request: GenerateRequest, on_done: OnDone) -> AsyncIterator[bytes]:
-    """TGI ``/generate_stream``: one token event per delta, relayed at once; the delta that carries
-    the finish reason is held until usage arrives (right behind it) so that the last event carries
-    ``generated_text`` and ``details`` as TGI's does."""
-    usage: Usage | None = None
-    finish_reason: str | None = None
-    last_text = ""
-    index = 0
-    parts: list[str] = []
-    outcome = "cancelled"
-    try:
-        try:
-            async for batch in attempt.batches():
-                out: list[bytes] = []
-                for event in batch:
-                    if isinstance(event, Usage):
-                        usage = event
-                        continue
-                    parts.append(event.text)
-                    if event.finish_reason is not None:
-                        finish_reason = event.finish_reason
-                        last_text = event.text
-                    elif event.text:
-                        index += 1
-                        out.append(tgi_stream_token(index, event.text))
-                if out:
-                    yield out[0] if len(out) == 1 else b"".join(out)
-            outcome = "ok"
-            details = {
-                "finish_reason": tgi_finish_reason(finish_reason, request.stop, ""),
-                "generated_tokens": usage.completion_tokens if usage else index,
-                "input_length": usage.prompt_tokens if usage else 0,
-                "seed": request.seed,
-            }
-            final = FinalChunk(tgi_stream_token(index + 1, last_text, generated_text="".join(parts),
-                                                details=details, special=not last_text))
-        except GatewayError as exc:
-            outcome = "stream_error"
-            final = FinalChunk(tgi_error_event(exc))
-        yield final
-    finally:
-        await attempt.close()
-        await on_done(attempt.backend.name, usage, outcome, index)
+class _Tgi:
+    """TGI ``/generate_stream``: one token event per delta, relayed at once; the delta that carries the
+    finish reason is held for the last event, which carries ``generated_text`` and ``details`` as TGI's
+    does."""
+
+    __slots__ = ("_finish_reason", "_last_text", "_parts", "_request", "chunks")
+
+    def __init__(self, request: GenerateRequest) -> None:
+        self._request = request
+        self._finish_reason: str | None = None
+        self._last_text = ""
+        self._parts: list[str] = []
+        self.chunks = 0  # also the index of the last token event sent
+
+    def delta(self, delta: Delta) -> bytes | None:
+        self._parts.append(delta.text)
+        if delta.finish_reason is not None:
+            self._finish_reason = delta.finish_reason
+            self._last_text = delta.text
+            return None
+        if not delta.text:
+            return None
+        self.chunks += 1
+        return tgi_stream_token(self.chunks, delta.text)
+
+    def last(self, usage: Usage | None) -> bytes:
+        request = self._request
+        details = {
+            "finish_reason": tgi_finish_reason(self._finish_reason, request.stop, ""),
+            "generated_tokens": usage.completion_tokens if usage else self.chunks,
+            "input_length": usage.prompt_tokens if usage else 0,
+            "seed": request.seed,
+        }
+        return tgi_stream_token(self.chunks + 1, self._last_text, generated_text="".join(self._parts),
+                                details=details, special=not self._last_text)
+
+    def failed(self, usage: Usage | None, error: GatewayError) -> bytes:
+        return tgi_error_event(error)
+
+
+def relay_openai(attempt: Attempt, request: GenerateRequest, renderer: OpenAIRenderer,
+                 metrics: GatewayMetrics, on_done: OnDone) -> AsyncIterator[bytes]:
+    return _relay(attempt, _OpenAI(request, renderer, metrics), on_done)
+
+
+def relay_native(attempt: Attempt, request: GenerateRequest, on_done: OnDone) -> AsyncIterator[bytes]:
+    return _relay(attempt, _Native(), on_done)
+
+
+def relay_tgi(attempt: Attempt, request: GenerateRequest, on_done: OnDone) -> AsyncIterator[bytes]:
+    return _relay(attempt, _Tgi(request), on_done)
