@@ -86,13 +86,15 @@ def _plot_one_kill(kill: Mapping[str, Any], rate_ax: Any, engines_ax: Any) -> No
         rate_ax.plot(mids, [math.nan if v is None else v for v in values], alpha=0.35, linewidth=1,
                      label=engine)
     moves, base = kill["tenant_moves"], kill["baseline_moves_without_kill"]
-    rate_ax.set(ylabel=f"prefix hit rate per {kill['window_s']:g} s window", ylim=(0, 1),
-                title=f"{kill['policy']}, {kill['regime']}, {kill['rate']:g} req/s: {kill['killed']} killed "
+    rate_ax.set(ylabel=f"prefix hit rate per {kill['window_s']:g} s window", ylim=(0, 1))
+    # Three short lines: side by side, one long line per column ran into the next column's title.
+    rate_ax.set_title(f"{kill['policy']}, {kill['regime']}, {kill['rate']:g} req/s: {kill['killed']} killed "
                       f"({kill['victim_rule']})\nsurvivors' tenants' later requests kept where they were: "
-                      f"{_pct(moves.get('survivor_tenant_requests_kept_beyond_killed_share'))} "
+                      f"{_pct(moves.get('survivor_tenant_requests_kept_beyond_killed_share'))}\n"
                       f"(their killed-engine part free to move; none free: "
                       f"{_pct(moves['survivor_tenant_requests_on_a_previous_engine'])}; "
-                      f"no kill: {_pct(base['survivor_tenant_requests_on_a_previous_engine'])})")
+                      f"no kill: {_pct(base['survivor_tenant_requests_on_a_previous_engine'])})",
+                      fontsize="small")
     engines_ax.set(xlabel="seconds into the run", ylabel="requests started per second")
     timeline = kill["requests_timeline"]
     end = max((row["start_s"] for row in timeline), default=0.0)
