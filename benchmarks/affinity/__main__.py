@@ -2,7 +2,8 @@
 
     python -m benchmarks.affinity run [--quick] [--regimes NAME ...] [--policies NAME ...]
         [--no-kill | --kill-only] [--rates R ...] [--option POLICY.OPTION=VALUE ...]
-        [--kill-victims hottest other] [--measure-s S] [--out benchmarks/results/affinity.json]
+        [--kill-victims hottest other] [--kill-seconds BEFORE AFTER] [--measure-s S]
+        [--out benchmarks/results/affinity.json]
     python -m benchmarks.affinity probe --regime NAME --rates R [R ...] [--measure-s 8]
     python -m benchmarks.affinity vllm [--requests 60] [--out benchmarks/results/affinity_vllm.json]
     python -m benchmarks.affinity plot [benchmarks/results/affinity.json]
@@ -108,6 +109,9 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         settings = replace(settings, gateway_overrides={"routing": {"options": policy_options(args.option)}})
     if args.kill_victims and settings.kill is not None:
         settings = replace(settings, kill=replace(settings.kill, victims=tuple(args.kill_victims)))
+    if args.kill_seconds and settings.kill is not None:
+        before_s, after_s = args.kill_seconds
+        settings = replace(settings, kill=replace(settings.kill, before_s=before_s, after_s=after_s))
     return settings
 
 
@@ -145,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--option", nargs="+", metavar="POLICY.OPTION=VALUE",
                      help="policy options for the gateway, e.g. prefix_affinity.load_factor=1.5")
     run.add_argument("--kill-victims", nargs="+", choices=["hottest", "other"])
+    run.add_argument("--kill-seconds", type=float, nargs=2, metavar=("BEFORE", "AFTER"),
+                     help="traffic before and after the kill (default 20 20); longer runs compare more "
+                          "requests per tenant, so one run's kept share is less noisy")
     run.add_argument("--out", type=Path, default=RESULTS / "affinity.json")
     probe = commands.add_parser("probe", help="round robin alone at several rates (saturation)")
     probe.add_argument("--regime", required=True)

@@ -4,7 +4,9 @@ setting of the options studied (``bound_min_load``, ``hot_share``) and victim ru
 surviving engines' tenants' requests after the kill kept where they were: with each tenant's
 killed-engine part free to move (the target's measure) and with nothing free to move (earlier runs'
 measure), beside the same share measured without a kill (the run's baseline), as mean, min and max over
-the runs. Measures a run did not store are recomputed from its request timeline.
+the runs; and how many of the survivors' tenants changed their main engine after the kill and without
+one, pooled over the runs (the target's reading by prefixes). Runs of another length than 20 s + 20 s
+are summarized apart. Measures a run did not store are recomputed from its request timeline.
 
 Why: one kill run is noisy (the hottest engine's case ranged 79-96% over four runs at the same settings).
 
@@ -63,20 +65,31 @@ def label(options: dict[str, float]) -> str:
     return ", ".join(f"{option} {options[option]:g}" for option in STUDIED)
 
 
+def kill_span(document: dict[str, Any]) -> str:
+    """The kill run's traffic on either side of the kill, when not the 20 s + 20 s of the earlier runs
+    (runs of different lengths are summarized apart)."""
+    kill = document.get("settings", {}).get("kill") or {}
+    before_s, after_s = kill.get("before_s", 20.0), kill.get("after_s", 20.0)
+    return "" if (before_s, after_s) == (20.0, 20.0) else f", kill {before_s:g} s + {after_s:g} s"
+
+
 def kill_rows(document: dict[str, Any], source: str,
               stated: dict[str, float] | None = None) -> list[dict[str, Any]]:
     rows = []
     settle_s = (document.get("settings", {}).get("kill") or {}).get("settle_s", 2.0)
+    span = kill_span(document)
     for kill in document.get("kills") or []:
         moves, baseline = kill["tenant_moves"], kill["baseline_moves_without_kill"]
         if "survivor_tenant_requests_kept_beyond_killed_share" not in moves and "requests_timeline" in kill:
             moves, baseline = kill_moves(kill, BACKEND_HEADER, settle_s)
         rows.append({
-            "options": studied_options(document, stated), "source": source,
+            "options": studied_options(document, stated), "span": span, "source": source,
             "command": document.get("command"), "created": document.get("created"),
             "victim_rule": kill["victim_rule"], "killed": kill["killed"],
             "survivor_tenants_moved": moves["tenants_on_survivors_moved"],
             "survivor_tenants": moves["tenants_on_survivors"],
+            "survivor_tenants_moved_without_kill": baseline.get("tenants_on_survivors_moved"),
+            "survivor_tenants_without_kill": baseline.get("tenants_on_survivors"),
             "survivor_requests_on_a_previous_engine": moves["survivor_tenant_requests_on_a_previous_engine"],
             "survivor_requests_kept_beyond_killed_share":
                 moves.get("survivor_tenant_requests_kept_beyond_killed_share"),
@@ -88,13 +101,13 @@ def kill_rows(document: dict[str, Any], source: str,
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per setting and victim: mean, min and max of the target's share (``kept_beyond_killed_share``),
-    of the share with nothing free to move, and of the no-kill baseline."""
+    """Per setting (and kill length) and victim: mean, min and max of the requests kept
+    (``kept_beyond_killed_share``), of the share with nothing free to move, and of the no-kill baseline;
+    and the survivors' tenants that changed engine, pooled over the runs, after the kill and without it."""
     summary: dict[str, dict[str, Any]] = {}
-    for setting in sorted({label(row["options"]) for row in rows}):
+    for setting in sorted({_setting(row) for row in rows}):
         for victim in ("hottest", "other"):
-            chosen = [row for row in rows
-                      if label(row["options"]) == setting and row["victim_rule"] == victim]
+            chosen = [row for row in rows if _setting(row) == setting and row["victim_rule"] == victim]
             if not chosen:
                 continue
             fair = [row["survivor_requests_kept_beyond_killed_share"] for row in chosen]
@@ -102,8 +115,30 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             entry["nothing_free_to_move"] = _spread([row["survivor_requests_on_a_previous_engine"]
                                                      for row in chosen])
             entry["without_kill"] = _spread([row["same_without_kill"] for row in chosen])
+            if all(row.get("survivor_tenants_moved_without_kill") is not None for row in chosen):
+                entry["survivor_tenants_moved"] = _pooled(chosen, "survivor_tenants_moved",
+                                                          "survivor_tenants")
+                entry["survivor_tenants_moved_without_kill"] = _pooled(
+                    chosen, "survivor_tenants_moved_without_kill", "survivor_tenants_without_kill")
             summary[f"{setting}, {victim}"] = entry
     return summary
+
+
+def _setting(row: dict[str, Any]) -> str:
+    return label(row["options"]) + str(row.get("span", ""))
+
+
+def _pooled(rows: list[dict[str, Any]], moved: str, compared: str) -> dict[str, Any]:
+    total_moved, total = sum(row[moved] for row in rows), sum(row[compared] for row in rows)
+    return {"moved": total_moved, "compared": total, "fraction": total_moved / total if total else None}
+
+
+def _tenants_line(entry: dict[str, Any]) -> str:
+    after, before = entry.get("survivor_tenants_moved"), entry.get("survivor_tenants_moved_without_kill")
+    if after is None or before is None:
+        return ""
+    return (f"; survivors' tenants that changed engine {after['moved']}/{after['compared']} after the kill, "
+            f"{before['moved']}/{before['compared']} without one")
 
 
 def _spread(shares: list[float]) -> dict[str, Any]:
@@ -129,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         other = value["nothing_free_to_move"]
         print(f"{key}: {value.get('mean', float('nan')):.3f} over {value['runs']} runs "
               f"({value.get('min', float('nan')):.3f}-{value.get('max', float('nan')):.3f}); nothing free "
-              f"to move {other['mean']:.3f}; without a kill {value['without_kill']['mean']:.3f}")
+              f"to move {other['mean']:.3f}; without a kill {value['without_kill']['mean']:.3f}"
+              + _tenants_line(value))
     return 0
 
 

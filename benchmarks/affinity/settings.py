@@ -73,8 +73,10 @@ class KillSettings:
     regime: str = "0.7x-fleet"
     policy: str = "prefix_affinity"
     rate: float | None = None  # None: the regime's lowest rate (the fleet loses a quarter of its capacity)
-    before_s: float = 20.0
-    after_s: float = 20.0
+    # 60 s on each side: the tenant-move comparison then has 27-31 tenants per period with a few requests
+    # in each (13-17 at 20 s, where one tenant more or less moved a run's result by 6-8 points).
+    before_s: float = 60.0
+    after_s: float = 60.0
     window_s: float = 2.0
     # Requests started this soon after the kill are left out of the tenant-move comparison.
     settle_s: float = 2.0

@@ -11,13 +11,22 @@ where it does not). Interpretations, where the issue's wording leaves room:
   round_robin's and least_loaded's beside it: at 5-17 requests per engine it mostly measures arrival
   noise (least_loaded, whose only aim is balance, reads 1.17-1.35 by it), and the issue's own bounded
   loads at c=1.25 admit ``ceil(1.25 * (N + 1) / n)`` per engine, 7 of a mean of 5 (1.4) at N=19, n=4;
-- the kill test: at least 95% of the later requests of the surviving engines' tenants stay on engines
-  that had served that tenant before the kill (its prefix stays where it was cached), a tenant being
-  allowed to move the part of its traffic the killed engine had served (that part is the killed engine's
-  share), and the killed engine's tenants all move. Beside it: the same share allowing nothing to move
-  (the reading of earlier runs), how many of the survivors' tenants changed their main engine, and the
-  same counts between the two halves of the time before the kill (``baseline_*``), since placements under
-  a load bound (spills of hot tenants) move somewhat without any kill.
+- the kill test, "only its share of prefixes moves", read by prefixes (tenants) as the issue says: every
+  tenant whose main engine was the killed one moves, and of the surviving engines' tenants no more change
+  their main engine after the kill than before it without one (``baseline_*``: the same count between the
+  two halves of the time before the kill, since placements under a load bound, spills of hot tenants,
+  move somewhat anyway), with a floor of ``SURVIVOR_MOVES_FLOOR`` of them (a run whose quiet half moved
+  none may still spill a tenant or two). A tenant's main engine is the one that served most of its
+  requests in the period; only tenants with a few requests in both periods are compared, so the kill test
+  runs 60 s on each side of the kill (20 s compared only 13-17 survivors' tenants, and one tenant more or
+  less moved the result by 6-8 points).
+- the stricter reading of the kill test, by requests, as its own row: at least 95% of the later requests
+  of the surviving engines' tenants stay on engines that had served that tenant before the kill (its
+  prefix stays where it was cached), a tenant being allowed to move the part of its traffic the killed
+  engine had served (that part is the killed engine's share). Beside it: the same share allowing nothing
+  to move (the reading of earlier runs), and the same share without a kill. It counts the requests of a
+  hot tenant that spill to a new engine under the load bound when a survivor takes on the killed engine's
+  part of the hottest tenant.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from typing import Any
 Run = dict[str, Any]
 AFFINITY_REGIME = "0.7x-fleet"
 CONTROL_REGIME = "0.5x-engine"
+SURVIVOR_MOVES_FLOOR = 0.10
+KEPT_REQUESTS_TARGET = 0.95
 
 
 def _runs_by_rate(runs: Sequence[Run], regime: str, policy: str) -> dict[float, Run]:
@@ -108,30 +119,43 @@ def check_targets(runs: Sequence[Run], kills: Sequence[dict[str, Any]]) -> list[
          **_compare(runs, CONTROL_REGIME, "prefix_affinity", "least_loaded", _control)},
     ]
     for kill in kills:
-        moves = kill["tenant_moves"]
-        baseline = kill["baseline_moves_without_kill"]
-        survivors = moves["tenants_on_survivors"]
-        moved = moves["tenants_on_survivors_moved"]
-        fraction = moves["survivors_moved_fraction"]
-        kept = moves.get("survivor_tenant_requests_kept_beyond_killed_share")
-        targets.append({
-            "target": f"engine killed mid-run ({kill['victim_rule']}: {kill['killed']}): only its share of "
-                      "prefixes moves",
-            "met": None if kept is None else kept >= 0.95 and
-            moves["tenants_on_killed_moved"] == moves["tenants_on_killed"],
-            "survivor_tenants_moved": moved, "survivor_tenants": survivors,
-            "survivor_tenants_moved_fraction": fraction,
-            "killed_engine_tenants_moved": moves["tenants_on_killed_moved"],
-            "killed_engine_tenants": moves["tenants_on_killed"],
-            "moved_fraction_of_compared": moves["moved_fraction_of_compared"],
-            "killed_share_of_compared": moves["killed_share_of_compared"],
-            "survivor_tenant_requests_kept_beyond_killed_share": kept,
-            "survivor_tenant_requests_on_a_previous_engine":
-                moves["survivor_tenant_requests_on_a_previous_engine"],
-            "baseline_tenants_moved_without_kill": baseline["tenants_on_survivors_moved"],
-            "baseline_tenants_compared": baseline["tenants_on_survivors"],
-            "baseline_moved_fraction": baseline["survivors_moved_fraction"],
-            "baseline_requests_on_a_previous_engine":
-                baseline["survivor_tenant_requests_on_a_previous_engine"],
-            "hit_rate_before": kill["hit_rate_before_mean"], "hit_rate_after": kill["hit_rate_after_mean"]})
+        targets.extend(_kill_targets(kill))
     return targets
+
+
+def _kill_targets(kill: dict[str, Any]) -> list[dict[str, Any]]:
+    """The kill test's two rows (see the module docstring): by prefixes, then by requests."""
+    moves = kill["tenant_moves"]
+    baseline = kill["baseline_moves_without_kill"]
+    fraction = moves["survivors_moved_fraction"]
+    baseline_fraction = baseline["survivors_moved_fraction"]
+    allowed = max(baseline_fraction or 0.0, SURVIVOR_MOVES_FLOOR)
+    all_killed_moved = moves["tenants_on_killed_moved"] == moves["tenants_on_killed"]
+    kept = moves.get("survivor_tenant_requests_kept_beyond_killed_share")
+    name = f"engine killed mid-run ({kill['victim_rule']}: {kill['killed']})"
+    measured = {
+        "survivor_tenants_moved": moves["tenants_on_survivors_moved"],
+        "survivor_tenants": moves["tenants_on_survivors"],
+        "survivor_tenants_moved_fraction": fraction,
+        "survivor_tenants_moved_fraction_allowed": allowed,
+        "killed_engine_tenants_moved": moves["tenants_on_killed_moved"],
+        "killed_engine_tenants": moves["tenants_on_killed"],
+        "moved_fraction_of_compared": moves["moved_fraction_of_compared"],
+        "killed_share_of_compared": moves["killed_share_of_compared"],
+        "survivor_tenant_requests_kept_beyond_killed_share": kept,
+        "survivor_tenant_requests_on_a_previous_engine":
+            moves["survivor_tenant_requests_on_a_previous_engine"],
+        "baseline_tenants_moved_without_kill": baseline["tenants_on_survivors_moved"],
+        "baseline_tenants_compared": baseline["tenants_on_survivors"],
+        "baseline_moved_fraction": baseline_fraction,
+        "baseline_requests_on_a_previous_engine": baseline["survivor_tenant_requests_on_a_previous_engine"],
+        "hit_rate_before": kill["hit_rate_before_mean"], "hit_rate_after": kill["hit_rate_after_mean"],
+    }
+    return [
+        {"target": f"{name}: only its share of prefixes moves (the survivors' tenants that change engine "
+                   "no more than without a kill)",
+         "met": None if fraction is None else all_killed_moved and fraction <= allowed, **measured},
+        {"target": f"{name}: the stricter reading, at least 95% of the survivors' tenants' later requests "
+                   "kept where they were",
+         "met": None if kept is None else all_killed_moved and kept >= KEPT_REQUESTS_TARGET, **measured},
+    ]

@@ -70,7 +70,7 @@ async def test_harness_writes_every_field_and_the_oracle_pins_tenants(tmp_path: 
     after = [row for row in kill["requests_timeline"] if row["start_s"] > kill["killed_at_s"] + 0.2]
     assert after and all(row["engine"] != kill["killed"] for row in after if row["success"])
     targets = {target["target"]: target for target in document["targets"]}
-    assert len(targets) == 6 and all("met" in target for target in targets.values())
+    assert len(targets) == 7 and all("met" in target for target in targets.values())
     # Re-checking from the stored timelines reproduces what the run measured.
     rechecked = recheck_targets(json.loads(json.dumps(document)))
     assert rechecked["kills"][0]["tenant_moves"] == kill["tenant_moves"]

@@ -53,3 +53,25 @@ def test_stated_specs() -> None:
     assert parse_stated("hot_share:0,bound_min_load:2") == {"hot_share": 0.0, "bound_min_load": 2.0}
     with pytest.raises(SystemExit):
         parse_stated("w_miss:3")
+
+
+def test_longer_kill_runs_are_summarized_apart_with_the_tenants_that_moved(tmp_path: Path) -> None:
+    short = run_document({"hottest": 0.90}, None)
+    long = run_document({"hottest": 0.96}, None)
+    long["settings"]["kill"] = {"before_s": 60.0, "after_s": 60.0}
+    long["kills"][0]["baseline_moves_without_kill"].update(tenants_on_survivors_moved=3,
+                                                            tenants_on_survivors=12)
+    second = json.loads(json.dumps(long))
+    second["kills"][0]["tenant_moves"]["tenants_on_survivors_moved"] = 0
+    for name, document in {"short.json": short, "long.json": long, "long2.json": second}.items():
+        (tmp_path / name).write_text(json.dumps(document))
+    out = tmp_path / "repeats.json"
+    assert main([str(tmp_path / name) for name in ("short.json", "long.json", "long2.json")]
+                + ["--out", str(out)]) == 0
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["bound_min_load 8, hot_share 0.5, hottest"]["runs"] == 1
+    assert "survivor_tenants_moved" not in summary["bound_min_load 8, hot_share 0.5, hottest"]
+    pooled = summary["bound_min_load 8, hot_share 0.5, kill 60 s + 60 s, hottest"]
+    assert pooled["runs"] == 2 and pooled["mean"] == pytest.approx(0.96)
+    assert pooled["survivor_tenants_moved"] == {"moved": 1, "compared": 20, "fraction": 0.05}
+    assert pooled["survivor_tenants_moved_without_kill"] == {"moved": 6, "compared": 24, "fraction": 0.25}
