@@ -89,9 +89,13 @@ def _plot_one_kill(kill: Mapping[str, Any], rate_ax: Any, engines_ax: Any) -> No
     rate_ax.set(ylabel=f"prefix hit rate per {kill['window_s']:g} s window", ylim=(0, 1))
     # Three short lines: side by side, one long line per column ran into the next column's title.
     rate_ax.set_title(f"{kill['policy']}, {kill['regime']}, {kill['rate']:g} req/s: {kill['killed']} killed "
-                      f"({kill['victim_rule']})\nsurvivors' tenants' later requests kept where they were: "
-                      f"{_pct(moves.get('survivor_tenant_requests_kept_beyond_killed_share'))}\n"
-                      f"(their killed-engine part free to move; none free: "
+                      f"({kill['victim_rule']})\nsurvivors' tenants that changed engine: "
+                      f"{moves['tenants_on_survivors_moved']} of {moves['tenants_on_survivors']} "
+                      f"(without a kill: {base['tenants_on_survivors_moved']} of "
+                      f"{base['tenants_on_survivors']})"
+                      f"\ntheir later requests kept where they were: "
+                      f"{_pct(moves.get('survivor_tenant_requests_kept_beyond_killed_share'))} "
+                      f"(killed-engine part free to move; none free: "
                       f"{_pct(moves['survivor_tenant_requests_on_a_previous_engine'])}; "
                       f"no kill: {_pct(base['survivor_tenant_requests_on_a_previous_engine'])})",
                       fontsize="small")
