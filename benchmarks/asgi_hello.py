@@ -18,3 +18,15 @@ async def app(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, A
         pass
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
     await send({"type": "http.response.body", "body": BODY})
+
+
+RSGI_HEADERS = [("content-type", "application/json")]
+
+
+async def rsgi_app(scope: Any, protocol: Any) -> None:
+    """The same answer over granian's RSGI interface (no per-message dicts): how much a server interface
+    without ASGI's messages would save, for the issue 6 notes."""
+    if scope.proto != "http":
+        return
+    await protocol()
+    protocol.response_bytes(200, RSGI_HEADERS, BODY)

@@ -4,10 +4,14 @@ body, gateway/http_protocol.py), serving the same minimal raw ASGI app (a 100-by
 POST), each pinned to core 0, driven by the gateway's own HTTP/1.1 client pinned to core 1 (closed loop,
 keep-alive, concurrency 1, 16 and 64), the servers interleaved round by round.
 
+``granian-rsgi`` serves the same answer over granian's own RSGI interface (``asgi_hello.rsgi_app``: no
+ASGI message dicts), to measure what leaving ASGI would save.
+
 Reported: server CPU ms per request (the server's whole process tree, from /proc) and requests per
 second, per round and as medians over the rounds. granian is optional (``pip install -e '.[bench]'``);
 without it only the uvicorn variants are measured. Writes benchmarks/results/asgi_servers.json and .png.
-Run: ``python -m benchmarks.asgi_servers [--servers uvicorn uvicorn-joined] [--rounds 3]``.
+Run: ``python -m benchmarks.asgi_servers [--servers uvicorn uvicorn-joined granian granian-rsgi]
+[--rounds 3]``.
 """
 
 from __future__ import annotations
@@ -28,16 +32,19 @@ from backends.launchers.process import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 APP = "benchmarks.asgi_hello:app"
+RSGI_APP = "benchmarks.asgi_hello:rsgi_app"
 CLIENT = """
 import asyncio, sys, uvloop
 from backends.http1 import Http1Client
+from benchmarks.asgi_hello import BODY
 async def main(url, n, c):
     client = Http1Client()
     async def worker(k):
         for _ in range(k):
             response = await client.request("POST", url, body=b'{"prompt":"hi"}',
                                             headers={"content-type": "application/json"})
-            await response.read()
+            if response.status != 200 or await response.read() != BODY:
+                sys.exit(f"unexpected answer: status {response.status}")
     await asyncio.gather(*(worker(n // c) for _ in range(c)))
     await client.aclose()
 uvloop.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
@@ -54,8 +61,9 @@ def server_command(server: str, port: int) -> list[str]:
                 f"http='{UVICORN_PROTOCOLS[server]}',"
                 " loop='uvloop', log_level='warning', access_log=False, proxy_headers=False)"]
     granian = shutil.which("granian") or str(Path(sys.executable).with_name("granian"))
-    return [granian, "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--runtime-threads", "1", "--loop", "uvloop", "--log-level", "warning", "--no-ws", APP]
+    interface, app = ("rsgi", RSGI_APP) if server == "granian-rsgi" else ("asgi", APP)
+    return [granian, "--interface", interface, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--runtime-threads", "1", "--loop", "uvloop", "--log-level", "warning", "--no-ws", app]
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -133,12 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--servers", nargs="+", choices=[*UVICORN_PROTOCOLS, "granian"])
+    parser.add_argument("--servers", nargs="+", choices=[*UVICORN_PROTOCOLS, "granian", "granian-rsgi"])
     parser.add_argument("--out", type=Path, default=RESULTS / "asgi_servers.json")
     args = parser.parse_args(argv)
     servers = args.servers or list(UVICORN_PROTOCOLS)
     if not args.servers and (shutil.which("granian") or Path(sys.executable).with_name("granian").exists()):
-        servers.append("granian")
+        servers += ["granian", "granian-rsgi"]
     load_start = os.getloadavg()
     runs = [row for round_index in range(args.rounds) for server in servers
             for row in measure(server, args.requests, (1, 16, 64), round_index)]

@@ -1,0 +1,30 @@
+"""benchmarks/asgi_servers.py: each server variant serves the hello answer (the client checks every status
+and body) and its CPU per request is read from /proc; granian's variants need the ``bench`` extra."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.asgi_servers import measure, server_command
+
+pytestmark = pytest.mark.slow
+
+
+def test_rsgi_runs_the_rsgi_app_and_asgi_the_asgi_one() -> None:
+    rsgi, asgi = server_command("granian-rsgi", 1), server_command("granian", 1)
+    assert rsgi[rsgi.index("--interface") + 1] == "rsgi" and rsgi[-1] == "benchmarks.asgi_hello:rsgi_app"
+    assert asgi[asgi.index("--interface") + 1] == "asgi" and asgi[-1] == "benchmarks.asgi_hello:app"
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "granian-rsgi"])
+def test_a_server_answers_and_is_measured(server: str) -> None:
+    if server.startswith("granian") and not (shutil.which("granian")
+                                              or Path(sys.executable).with_name("granian").exists()):
+        pytest.skip("granian is in the bench extra (pip install -e '.[bench]')")
+    (row,) = measure(server, 400, (4,))
+    assert row["server"] == server and row["requests"] == 400
+    assert row["cpu_ms_per_request"] > 0 and row["requests_per_s"] > 0
