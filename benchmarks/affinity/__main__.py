@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="policy options for the gateway, e.g. prefix_affinity.load_factor=1.5")
     run.add_argument("--kill-victims", nargs="+", choices=["hottest", "other"])
     run.add_argument("--kill-seconds", type=float, nargs=2, metavar=("BEFORE", "AFTER"),
-                     help="traffic before and after the kill (default 20 20); longer runs compare more "
-                          "requests per tenant, so one run's kept share is less noisy")
+                     help="traffic before and after the kill (default 60 60); shorter runs compare fewer "
+                          "tenants, so one run's result is noisier")
     run.add_argument("--out", type=Path, default=RESULTS / "affinity.json")
     probe = commands.add_parser("probe", help="round robin alone at several rates (saturation)")
     probe.add_argument("--regime", required=True)

@@ -65,10 +65,9 @@ def label(options: dict[str, float]) -> str:
     return ", ".join(f"{option} {options[option]:g}" for option in STUDIED)
 
 
-def kill_span(document: dict[str, Any]) -> str:
-    """The kill run's traffic on either side of the kill, when not the 20 s + 20 s of the earlier runs
-    (runs of different lengths are summarized apart)."""
-    kill = document.get("settings", {}).get("kill") or {}
+def kill_span(kill: dict[str, Any]) -> str:
+    """The kill run's traffic on either side of the kill (its ``settings.kill``), when not the 20 s + 20 s
+    of the earlier runs (runs of different lengths are summarized apart)."""
     before_s, after_s = kill.get("before_s", 20.0), kill.get("after_s", 20.0)
     return "" if (before_s, after_s) == (20.0, 20.0) else f", kill {before_s:g} s + {after_s:g} s"
 
@@ -76,8 +75,9 @@ def kill_span(document: dict[str, Any]) -> str:
 def kill_rows(document: dict[str, Any], source: str,
               stated: dict[str, float] | None = None) -> list[dict[str, Any]]:
     rows = []
-    settle_s = (document.get("settings", {}).get("kill") or {}).get("settle_s", 2.0)
-    span = kill_span(document)
+    kill_settings = document.get("settings", {}).get("kill") or {}
+    settle_s = kill_settings.get("settle_s", 2.0)
+    span = kill_span(kill_settings)
     for kill in document.get("kills") or []:
         moves, baseline = kill["tenant_moves"], kill["baseline_moves_without_kill"]
         if "survivor_tenant_requests_kept_beyond_killed_share" not in moves and "requests_timeline" in kill:
