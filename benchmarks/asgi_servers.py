@@ -54,13 +54,20 @@ uvloop.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 UVICORN_PROTOCOLS = {"uvicorn": "httptools", "uvicorn-joined": "gateway.http_protocol:GatewayHttpProtocol"}
 
 
+def granian_path() -> str | None:
+    """granian's executable (on PATH or beside this Python), or None where the ``bench`` extra is not
+    installed."""
+    beside = Path(sys.executable).with_name("granian")
+    return shutil.which("granian") or (str(beside) if beside.exists() else None)
+
+
 def server_command(server: str, port: int) -> list[str]:
     if server in UVICORN_PROTOCOLS:
         return [sys.executable, "-c",
                 "import uvicorn; uvicorn.run('" + APP + f"', host='127.0.0.1', port={port}, "
                 f"http='{UVICORN_PROTOCOLS[server]}',"
                 " loop='uvloop', log_level='warning', access_log=False, proxy_headers=False)"]
-    granian = shutil.which("granian") or str(Path(sys.executable).with_name("granian"))
+    granian = granian_path() or "granian"
     interface, app = ("rsgi", RSGI_APP) if server == "granian-rsgi" else ("asgi", APP)
     return [granian, "--interface", interface, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
             "--runtime-threads", "1", "--loop", "uvloop", "--log-level", "warning", "--no-ws", app]
@@ -145,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "asgi_servers.json")
     args = parser.parse_args(argv)
     servers = args.servers or list(UVICORN_PROTOCOLS)
-    if not args.servers and (shutil.which("granian") or Path(sys.executable).with_name("granian").exists()):
+    if not args.servers and granian_path():
         servers += ["granian", "granian-rsgi"]
     load_start = os.getloadavg()
     runs = [row for round_index in range(args.rounds) for server in servers

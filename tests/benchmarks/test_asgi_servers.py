@@ -3,13 +3,9 @@ and body) and its CPU per request is read from /proc; granian's variants need th
 
 from __future__ import annotations
 
-import shutil
-import sys
-from pathlib import Path
-
 import pytest
 
-from benchmarks.asgi_servers import measure, server_command
+from benchmarks.asgi_servers import granian_path, measure, server_command
 
 pytestmark = pytest.mark.slow
 
@@ -22,8 +18,7 @@ def test_rsgi_runs_the_rsgi_app_and_asgi_the_asgi_one() -> None:
 
 @pytest.mark.parametrize("server", ["uvicorn", "granian-rsgi"])
 def test_a_server_answers_and_is_measured(server: str) -> None:
-    if server.startswith("granian") and not (shutil.which("granian")
-                                              or Path(sys.executable).with_name("granian").exists()):
+    if server.startswith("granian") and granian_path() is None:
         pytest.skip("granian is in the bench extra (pip install -e '.[bench]')")
     (row,) = measure(server, 400, (4,))
     assert row["server"] == server and row["requests"] == 400
